@@ -1,0 +1,237 @@
+"""Spatiotemporal masking on the ROI x time-patch grid (SPEC section 3).
+
+Per sample, an observation block (a random subset of ROIs over a contiguous window of time patches,
+placed anywhere, the last patch included) is the encoder's context. Three target regions, all
+disjoint from it, are predicted:
+
+* cross-ROI (alpha): ROIs outside the observed set, over a time window inside the observation window;
+* cross-time (beta): observed ROIs at time patches outside the observation window;
+* double-cross (gamma): unobserved ROIs at time patches outside the observation window.
+
+Region sizes are drawn once per batch (as I-JEPA does), so every sample of a batch has the same
+token counts and nothing is truncated; positions are drawn per sample. Every draw comes from a
+``numpy.random.Generator`` seeded from (seed, stream, batch counter): masks are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+REGIONS = ("cross_roi", "cross_time", "double_cross")
+
+
+@dataclass
+class MaskConfig:
+    """Mask ratios (all swept by Ray Tune). Each ``*_scale`` is a (low, high) uniform range."""
+
+    cross_roi_scale: tuple[float, float] = (0.45, 0.6)
+    """Fraction of all ROIs in the cross-ROI target; they are left out of the observation."""
+    observed_roi_scale: tuple[float, float] = (0.84, 1.0)
+    """Fraction of the remaining ROIs that the observation block covers."""
+    observed_time_scale: tuple[float, float] = (0.84, 1.0)
+    """Fraction of time patches in the observation window (at most all but one patch)."""
+    cross_roi_time_scale: tuple[float, float] = (0.2, 0.6)
+    """Length of the cross-ROI target's window, as a fraction of all time patches (inside the observation window)."""
+    cross_time_roi_scale: tuple[float, float] = (0.15, 0.3)
+    """Fraction of observed ROIs in the cross-time target."""
+    double_cross_roi_scale: tuple[float, float] = (0.15, 0.3)
+    """Fraction of unobserved ROIs in the double-cross target."""
+    min_context: int = 4
+    """Minimum number of context tokens per sample."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "cross_roi_scale", "observed_roi_scale", "observed_time_scale", "cross_roi_time_scale",
+            "cross_time_roi_scale", "double_cross_roi_scale",
+        ):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"masks.{name}={(lo, hi)}: expected 0 < low <= high <= 1")
+        if self.min_context < 1:
+            raise ValueError(f"masks.min_context={self.min_context}: expected >= 1")
+
+
+@dataclass
+class MaskBatch:
+    """Token indices for a batch: ``context`` (B, Nc) and ``target`` (B, Nt), both int64.
+
+    ``target`` holds the cross-ROI, cross-time and double-cross tokens in that order;
+    ``region_sizes`` gives how many of each (the same for every sample of the batch).
+    """
+
+    context: np.ndarray
+    target: np.ndarray
+    region_sizes: tuple[int, int, int]
+
+    def to_torch(self) -> dict[str, torch.Tensor]:
+        return {"context_index": torch.from_numpy(self.context), "target_index": torch.from_numpy(self.target)}
+
+
+@dataclass(frozen=True)
+class _BatchSizes:
+    n_cross_roi: int
+    n_observed: int
+    observed_t: int
+    cross_roi_t: int
+    n_cross_time: int
+    n_double_cross: int
+
+
+class SpatiotemporalMaskSampler:
+    """Draws :class:`MaskBatch` es for an ``n_rois`` x ``n_time_patches`` token grid."""
+
+    def __init__(self, cfg: MaskConfig, n_rois: int, n_time_patches: int) -> None:
+        if n_rois < 2 or n_time_patches < 2:
+            raise ValueError(
+                f"spatiotemporal masking needs at least 2 ROIs and 2 time patches, got {n_rois} x {n_time_patches}"
+            )
+        self.cfg = cfg
+        self.n_rois = n_rois
+        self.n_time_patches = n_time_patches
+        max_context = (n_rois - 1) * (n_time_patches - 1)
+        if cfg.min_context > max_context:
+            raise ValueError(
+                f"masks.min_context={cfg.min_context} exceeds the largest possible context "
+                f"({max_context} tokens on a {n_rois} x {n_time_patches} grid)"
+            )
+
+    def _draw_sizes(self, rng: np.random.Generator) -> _BatchSizes:
+        cfg, r, p = self.cfg, self.n_rois, self.n_time_patches
+
+        def frac(scale: tuple[float, float]) -> float:
+            return float(rng.uniform(scale[0], scale[1]))
+
+        n_cross_roi = int(np.clip(round(r * frac(cfg.cross_roi_scale)), 1, r - 1))
+        n_observed = int(np.clip(round((r - n_cross_roi) * frac(cfg.observed_roi_scale)), 1, r - n_cross_roi))
+        observed_t = int(np.clip(round(p * frac(cfg.observed_time_scale)), 1, p - 1))
+        # enforce the minimum context: widen the observation block (ROIs first, then time)
+        while n_observed * observed_t < cfg.min_context:
+            if n_observed < r - n_cross_roi:
+                n_observed += 1
+            elif observed_t < p - 1:
+                observed_t += 1
+            else:  # only reachable when cross-ROI took too many ROIs: give one back
+                n_cross_roi -= 1
+        cross_roi_t = int(np.clip(round(p * frac(cfg.cross_roi_time_scale)), 1, observed_t))
+        n_cross_time = int(np.clip(round(n_observed * frac(cfg.cross_time_roi_scale)), 1, n_observed))
+        n_unobserved = r - n_observed
+        n_double_cross = int(np.clip(round(n_unobserved * frac(cfg.double_cross_roi_scale)), 1, n_unobserved))
+        return _BatchSizes(n_cross_roi, n_observed, observed_t, cross_roi_t, n_cross_time, n_double_cross)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
+        """Draw one batch of masks."""
+        s = self._draw_sizes(rng)
+        r, p, b = self.n_rois, self.n_time_patches, batch_size
+        rois = rng.permuted(np.tile(np.arange(r), (b, 1)), axis=1)
+        cross_rois = rois[:, : s.n_cross_roi]
+        observed = rois[:, s.n_cross_roi : s.n_cross_roi + s.n_observed]
+        unobserved = np.concatenate([cross_rois, rois[:, s.n_cross_roi + s.n_observed :]], axis=1)
+        unobserved = rng.permuted(unobserved, axis=1)
+
+        start = rng.integers(0, p - s.observed_t + 1, size=b)
+        window = start[:, None] + np.arange(s.observed_t)
+        cross_start = start + rng.integers(0, s.observed_t - s.cross_roi_t + 1, size=b)
+        cross_window = cross_start[:, None] + np.arange(s.cross_roi_t)
+        inside = np.zeros((b, p), dtype=bool)
+        np.put_along_axis(inside, window, True, axis=1)
+        outside = np.nonzero(~inside)[1].reshape(b, p - s.observed_t)
+
+        context = _tokens(observed, window, p)
+        cross_roi = _tokens(cross_rois, cross_window, p)
+        cross_time = _tokens(observed[:, : s.n_cross_time], outside, p)  # observed order is random
+        double_cross = _tokens(unobserved[:, : s.n_double_cross], outside, p)
+        target = np.concatenate([cross_roi, cross_time, double_cross], axis=1)
+        sizes = (cross_roi.shape[1], cross_time.shape[1], double_cross.shape[1])
+        return MaskBatch(context=context, target=target, region_sizes=sizes)
+
+
+def _tokens(rois: np.ndarray, times: np.ndarray, n_time_patches: int) -> np.ndarray:
+    """Sorted token indices of the (ROIs x times) rectangle of each sample: (B, |rois| * |times|)."""
+    idx = rois[:, :, None] * n_time_patches + times[:, None, :]
+    return np.sort(idx.reshape(idx.shape[0], -1), axis=1).astype(np.int64)
+
+
+class MaskCollator:
+    """Stacks a batch of (R, T) series and draws its masks from a seeded stream.
+
+    ``stream`` separates independent mask streams (e.g. one per data-loading worker); the n-th call
+    of a collator with the same (seed, stream) always draws the same masks.
+    """
+
+    def __init__(self, cfg: MaskConfig, n_rois: int, n_time_patches: int, seed: int = 0, stream: int = 0):
+        self.sampler = SpatiotemporalMaskSampler(cfg, n_rois, n_time_patches)
+        self.seed = seed
+        self.stream = stream
+        self.calls = 0
+
+    def next_masks(self, batch_size: int) -> MaskBatch:
+        rng = np.random.default_rng([self.seed, self.stream, self.calls])
+        self.calls += 1
+        return self.sampler.sample(batch_size, rng)
+
+    def __call__(self, series: list[np.ndarray] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        x = torch.as_tensor(np.stack(series) if isinstance(series, list) else series, dtype=torch.float32)
+        out = self.next_masks(x.shape[0]).to_torch()
+        out["series"] = x
+        return out
+
+
+def classify_targets(context: np.ndarray, target: np.ndarray, n_time_patches: int) -> np.ndarray:
+    """Region of each target token, derived from the context alone.
+
+    Returns (B, Nt) codes: 0 cross-ROI, 1 cross-time, 2 double-cross, -1 if the token lies in the
+    observation block itself (an overlap, which must never happen).
+    """
+    codes = np.empty(target.shape, dtype=np.int64)
+    for i in range(context.shape[0]):
+        observed_rois = np.unique(context[i] // n_time_patches)
+        window = np.unique(context[i] % n_time_patches)
+        roi_seen = np.isin(target[i] // n_time_patches, observed_rois)
+        time_seen = np.isin(target[i] % n_time_patches, window)
+        codes[i] = np.select(
+            [~roi_seen & time_seen, roi_seen & ~time_seen, ~roi_seen & ~time_seen], [0, 1, 2], default=-1
+        )
+    return codes
+
+
+def mask_statistics(
+    cfg: MaskConfig, n_rois: int, n_time_patches: int, batch_size: int, n_samples: int, seed: int = 0
+) -> dict[str, float | int]:
+    """Check the masks of ``n_samples`` samples independently of the sampler and summarise them."""
+    collator = MaskCollator(cfg, n_rois, n_time_patches, seed=seed)
+    ctx_counts, tgt_counts, region_counts = [], [], []
+    overlap = missing = last_patch_seen = duplicate = 0
+    drawn = 0
+    while drawn < n_samples:
+        b = min(batch_size, n_samples - drawn)
+        masks = collator.next_masks(b)
+        codes = classify_targets(masks.context, masks.target, n_time_patches)
+        for i in range(b):
+            ctx, tgt = masks.context[i], masks.target[i]
+            overlap += int(np.intersect1d(ctx, tgt).size)
+            duplicate += int(tgt.size - np.unique(tgt).size)
+            per_region = [int((codes[i] == k).sum()) for k in range(3)]
+            missing += int(min(per_region) == 0)
+            last_patch_seen += int(np.any(ctx % n_time_patches == n_time_patches - 1))
+            ctx_counts.append(ctx.size)
+            tgt_counts.append(tgt.size)
+            region_counts.append(per_region)
+        drawn += b
+    regions = np.asarray(region_counts, dtype=float)
+    stats: dict[str, float | int] = {
+        "samples": n_samples,
+        "grid_tokens": n_rois * n_time_patches,
+        "context_tokens_mean": float(np.mean(ctx_counts)),
+        "context_tokens_min": int(np.min(ctx_counts)),
+        "target_tokens_mean": float(np.mean(tgt_counts)),
+        "overlap_tokens": overlap,
+        "duplicate_target_tokens": duplicate,
+        "samples_missing_region": missing,
+        "last_patch_observed_fraction": last_patch_seen / n_samples,
+    }
+    for k, name in enumerate(REGIONS):
+        stats[f"{name}_tokens_mean"] = float(regions[:, k].mean())
+    return stats

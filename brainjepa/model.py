@@ -1,0 +1,160 @@
+"""Brain-JEPA networks: the ViT encoder over ROI x time-patch tokens and the narrow predictor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from brainjepa.positional import build_positional
+from brainjepa.transformer import LAYER_NORM_EPS, init_weights, make_blocks
+
+# name: (dim, depth, heads, predictor_dim, predictor_depth)
+PRESETS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (64, 2, 4, 32, 2),
+    "small": (384, 12, 6, 384, 6),
+    "base": (768, 12, 12, 384, 6),
+    "large": (1024, 24, 16, 384, 6),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Encoder + predictor architecture. ``0`` in a size field means: take it from ``size``'s preset."""
+
+    size: str = "small"
+    n_rois: int = 450
+    frames: int = 160
+    patch: int = 16
+    positional: Literal["gradient", "sincos"] = "gradient"
+    n_gradients: int = 30
+    dim: int = 0
+    depth: int = 0
+    heads: int = 0
+    predictor_dim: int = 0
+    predictor_depth: int = 0
+    predictor_heads: int = 0
+    mlp_ratio: float = 4.0
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    drop_path: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.size not in PRESETS:
+            raise ValueError(f"model.size {self.size!r} is not one of {sorted(PRESETS)}")
+        dim, depth, heads, pdim, pdepth = PRESETS[self.size]
+        self.dim = self.dim or dim
+        self.depth = self.depth or depth
+        self.heads = self.heads or heads
+        self.predictor_dim = self.predictor_dim or pdim
+        self.predictor_depth = self.predictor_depth or pdepth
+        self.predictor_heads = self.predictor_heads or heads
+        if self.frames % self.patch:
+            raise ValueError(f"model.frames={self.frames} is not a multiple of model.patch={self.patch}")
+
+    @property
+    def n_time_patches(self) -> int:
+        return self.frames // self.patch
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_rois * self.n_time_patches
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Select tokens: ``x`` (B, N, D) or a shared table (N, D), ``index`` (B, K) -> (B, K, D)."""
+    if x.ndim == 2:
+        return x[index]
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class BrainEncoder(nn.Module):
+    """Pre-norm ViT over the ROI x time-patch grid; encodes only the tokens it is given."""
+
+    def __init__(self, cfg: ModelConfig, gradients: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if gradients is not None and cfg.positional == "gradient":
+            gradients = _select_gradients(gradients, cfg.n_gradients)
+        self.patch_embed = nn.Linear(cfg.patch, cfg.dim)
+        self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, cfg.dim, gradients)
+        self.blocks = make_blocks(
+            cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop, cfg.drop_path
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
+        init_weights(self, self.blocks, cfg.init_std)
+
+    def check_input(self, series: torch.Tensor) -> None:
+        """Raise a clear error when ``series`` is not (B, n_rois, frames)."""
+        cfg = self.cfg
+        if series.ndim != 3 or series.shape[1:] != (cfg.n_rois, cfg.frames):
+            raise ValueError(
+                f"encoder expects ROI time series of shape (batch, {cfg.n_rois} ROIs, {cfg.frames} frames), "
+                f"got {tuple(series.shape)}"
+            )
+
+    def forward(self, series: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``series`` (B, R, T) -> encoded tokens (B, N, D); N = all R*P tokens or ``token_index``'s."""
+        self.check_input(series)
+        b = series.shape[0]
+        patches = series.reshape(b, self.cfg.n_tokens, self.cfg.patch)
+        pos = self.pos_embed()
+        if token_index is not None:
+            patches = gather_tokens(patches, token_index)
+            pos = gather_tokens(pos, token_index)
+        x = self.patch_embed(patches) + pos
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class Predictor(nn.Module):
+    """Narrow ViT: context embeddings + mask tokens at target positions -> target predictions."""
+
+    def __init__(self, cfg: ModelConfig, gradients: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if gradients is not None and cfg.positional == "gradient":
+            gradients = _select_gradients(gradients, cfg.n_gradients)
+        width = cfg.predictor_dim
+        self.embed = nn.Linear(cfg.dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, width, gradients)
+        self.blocks = make_blocks(
+            width, cfg.predictor_depth, cfg.predictor_heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop,
+            cfg.drop_path,
+        )
+        self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.proj = nn.Linear(width, cfg.dim)
+        init_weights(self, self.blocks, cfg.init_std)
+        nn.init.trunc_normal_(self.mask_token, std=cfg.init_std)
+
+    def forward(
+        self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor
+    ) -> torch.Tensor:
+        """``context`` (B, Nc, D) at ``context_index`` (B, Nc) -> predictions (B, Nt, D)."""
+        pos = self.pos_embed()
+        x = self.embed(context) + gather_tokens(pos, context_index)
+        queries = self.mask_token + gather_tokens(pos, target_index)
+        x = torch.cat([x, queries.to(x.dtype)], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x[:, context.shape[1]:])
+        return self.proj(x)
+
+
+def _select_gradients(gradients: torch.Tensor, n_gradients: int) -> torch.Tensor:
+    if gradients.ndim != 2 or gradients.shape[1] < n_gradients:
+        raise ValueError(
+            f"model.n_gradients={n_gradients} but the gradients matrix has shape {tuple(gradients.shape)}; "
+            "compute more components or lower model.n_gradients"
+        )
+    return gradients[:, :n_gradients]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

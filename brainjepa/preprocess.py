@@ -1,0 +1,55 @@
+"""Per-scan sample preparation: temporal resampling to the model's TR, random windows, robust scaling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class RobustStats:
+    """Per-ROI median and inter-quartile range over a training cohort (shipped with every model)."""
+
+    median: np.ndarray
+    iqr: np.ndarray
+
+    def scale(self, series: np.ndarray) -> np.ndarray:
+        """(R, T) -> (series - median) / IQR, per ROI."""
+        return ((series - self.median[:, None]) / self.iqr[:, None]).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"median": self.median.tolist(), "iqr": self.iqr.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> RobustStats:
+        return cls(np.asarray(data["median"], dtype=np.float64), np.asarray(data["iqr"], dtype=np.float64))
+
+
+def robust_stats(scans: list[np.ndarray], min_iqr: float = 1e-6) -> RobustStats:
+    """Per-ROI median and IQR over all frames of all ``scans`` (each (R, T))."""
+    values = np.concatenate([np.asarray(s, dtype=np.float64) for s in scans], axis=1)
+    q25, median, q75 = np.percentile(values, [25, 50, 75], axis=1)
+    return RobustStats(median=median, iqr=np.maximum(q75 - q25, min_iqr))
+
+
+def sample_window(
+    series: np.ndarray, tr: float, target_tr: float, frames: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A random window of ``frames`` frames at ``target_tr`` seconds, linearly interpolated from a scan
+    sampled every ``tr`` seconds (the paper's keep-every-3rd-frame is the special case target_tr = 3 tr)."""
+    n = series.shape[1]
+    span = (frames - 1) * target_tr
+    duration = (n - 1) * tr
+    if span > duration + 1e-9:
+        raise ValueError(
+            f"scan of {n} frames at TR {tr}s lasts {duration:.1f}s, shorter than the "
+            f"{frames} frames x {target_tr}s window the model needs"
+        )
+    start = rng.uniform(0.0, duration - span)
+    times = (start + np.arange(frames) * target_tr) / tr
+    times = np.minimum(times, n - 1)
+    lo = np.floor(times).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (times - lo).astype(series.dtype)
+    return series[:, lo] * (1 - frac) + series[:, hi] * frac

@@ -1,0 +1,115 @@
+"""Pre-norm transformer blocks shared by the encoder and the predictor."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LAYER_NORM_EPS = 1e-6
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample with probability ``p`` in training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``.
+
+    Attention dropout and output-projection dropout are separate settings (the reference wired
+    both to one value).
+    """
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.proj_drop(self.proj(out))
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = Attention(dim, heads, attn_drop=attn_drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def make_blocks(
+    dim: int, depth: int, heads: int, mlp_ratio: float, drop: float, attn_drop: float, drop_path: float
+) -> nn.ModuleList:
+    """``depth`` blocks with stochastic depth rising linearly from 0 to ``drop_path``."""
+    rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path]
+    return nn.ModuleList(
+        Block(dim, heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=r) for r in rates
+    )
+
+
+def init_weights(module: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
+    """Truncated-normal linear weights, zero biases; residual projections scaled by depth (I-JEPA)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer_id, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))

@@ -1,0 +1,172 @@
+"""The ``brainjepa`` command line: one entry point for every step of the platform."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+
+
+def _print_table(rows: dict[str, object]) -> None:
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"  {key:<{width}}  {shown}")
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    """Draw masks, check their invariants independently and print a summary (and a picture)."""
+    import numpy as np
+
+    from brainjepa.masks import MaskCollator, MaskConfig, mask_statistics
+
+    if args.frames % args.patch:
+        raise ConfigError(f"--frames {args.frames} is not a multiple of --patch {args.patch}")
+    cfg = from_dict(MaskConfig, apply_overrides({}, args.overrides), "masks")
+    p = args.frames // args.patch
+    stats = mask_statistics(cfg, args.rois, p, args.batch, args.samples, seed=args.seed)
+    stats["config"] = to_dict(cfg)
+    if args.plot:
+        from brainjepa_platform.plots import plot_masks
+
+        masks = MaskCollator(cfg, args.rois, p, seed=args.seed).next_masks(args.batch)
+        stats["plot"] = str(plot_masks(masks, args.rois, p, args.plot))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(f"Masks on a {args.rois} ROI x {p} time-patch grid ({args.samples} samples, seed {args.seed}):")
+        _print_table({k: v for k, v in stats.items() if k != "config"})
+    ok = stats["overlap_tokens"] == 0 and stats["samples_missing_region"] == 0
+    return 0 if ok and np.isfinite(stats["context_tokens_mean"]) else 1
+
+
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    """Time full pretraining steps and report the fraction of the matmul peak reached."""
+    import torch
+
+    from brainjepa.benchmark import benchmark_step
+    from brainjepa.model import ModelConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig(
+        size=args.model, n_rois=args.rois, frames=args.frames, patch=args.patch, n_gradients=args.gradients
+    )
+    result = benchmark_step(
+        cfg, batch=args.batch, steps=args.steps, warmup=args.warmup, device=args.device, dtype=args.dtype,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(f"Pretraining step, {args.model} at {args.rois} ROIs x {args.frames} frames:")
+        _print_table(asdict(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Small single-process pretraining on a synthetic cohort; prints the loss falling."""
+    from brainjepa_platform.plots import plot_masks, plot_training_curves
+
+    from brainjepa.config import load_config
+    from brainjepa.local import LocalPretrainConfig, run_local_pretraining
+    from brainjepa.masks import MaskCollator
+
+    overrides = list(args.overrides)
+    if args.steps:
+        overrides.append(f"steps={args.steps}")
+    cfg = load_config(LocalPretrainConfig, args.config, overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    m = cfg.model
+    print(
+        f"Brain-JEPA demo: {m.size} model ({m.dim}/{m.depth}/{m.heads}), {cfg.subjects} synthetic subjects, "
+        f"{m.n_rois} ROIs x {m.frames} frames, {cfg.steps} optimizer steps of {cfg.batch_size} samples"
+    )
+    t0 = time.perf_counter()
+    every = max(1, cfg.steps // 10)
+
+    def report(metrics: dict[str, float]) -> None:
+        step = int(metrics["step"])
+        if step == 1 or step % every == 0:
+            print(
+                f"  step {step:4d}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+                f"target rank {metrics['target_rank']:.1f}  ({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+
+    engine, history = run_local_pretraining(cfg, on_step=report)
+    first = sum(h["loss"] for h in history[:5]) / min(5, len(history))
+    last = sum(h["loss"] for h in history[-5:]) / min(5, len(history))
+    masks = MaskCollator(cfg.masks, m.n_rois, m.n_time_patches, seed=cfg.seed).next_masks(4)
+    pictures = [
+        plot_masks(masks, m.n_rois, m.n_time_patches, out / "masks.png"),
+        plot_training_curves(history, out / "training_curves.png"),
+    ]
+    engine.save(out / "checkpoint.pt")
+    elapsed = time.perf_counter() - t0
+    verdict = "fell" if last < first else "did NOT fall"
+    print(f"Loss {verdict} from {first:.4f} (mean of first 5 steps) to {last:.4f} (last 5) in {elapsed:.0f}s.")
+    print(f"Wrote {out / 'config.yaml'}, {out / 'checkpoint.pt'}, " + ", ".join(str(p) for p in pictures))
+    return 0 if last < first else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("masks", help="draw spatiotemporal masks, verify invariants, summarise (and plot)")
+    p.add_argument("--rois", type=int, default=450)
+    p.add_argument("--frames", type=int, default=160)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--plot", metavar="PNG", help="draw a few samples' masks to this file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="mask config overrides, e.g. min_context=20")
+    p.set_defaults(func=cmd_masks)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("step", help="time full pretraining steps; report samples/s and MFU")
+    p.add_argument("--model", default="small", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--rois", type=int, default=450)
+    p.add_argument("--frames", type=int, default=160)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--gradients", type=int, default=30, help="number of gradient components m")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bf16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_bench_step)
+
+    p = sub.add_parser("demo", help="tiny local pretraining on synthetic data (grows into the full pipeline)")
+    p.add_argument("--config", help="YAML config (LocalPretrainConfig); defaults are built in")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides the config)")
+    p.add_argument("--out", default="demo-output", help="folder for the config, checkpoint and pictures")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"brainjepa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

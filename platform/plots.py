@@ -1,0 +1,67 @@
+"""Pictures: masks on the ROI x time grid, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from brainjepa.masks import MaskBatch  # noqa: E402
+
+MASK_COLOURS = ["#f2f2f2", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+MASK_LABELS = ["not used", "context (observation)", "cross-ROI target", "cross-time target", "double-cross target"]
+
+
+def mask_grid(masks: MaskBatch, sample: int, n_rois: int, n_time_patches: int) -> np.ndarray:
+    """(R, P) codes: 0 unused, 1 context, 2 cross-ROI, 3 cross-time, 4 double-cross."""
+    grid = np.zeros(n_rois * n_time_patches, dtype=np.int64)
+    grid[masks.context[sample]] = 1
+    start = 0
+    for code, size in enumerate(masks.region_sizes, start=2):
+        grid[masks.target[sample, start : start + size]] = code
+        start += size
+    return grid.reshape(n_rois, n_time_patches)
+
+
+def plot_masks(masks: MaskBatch, n_rois: int, n_time_patches: int, path: str | Path, n_samples: int = 4) -> Path:
+    """Draw the first ``n_samples`` samples' masks side by side (ROIs down, time patches across)."""
+    n = min(n_samples, masks.context.shape[0])
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 1.5, 5), squeeze=False)
+    cmap = ListedColormap(MASK_COLOURS)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(mask_grid(masks, i, n_rois, n_time_patches), cmap=cmap, vmin=0, vmax=4,
+                  aspect="auto", interpolation="nearest")
+        ax.set_title(f"sample {i}")
+        ax.set_xlabel("time patch")
+        if i == 0:
+            ax.set_ylabel("ROI")
+    handles = [Patch(color=c, label=label) for c, label in zip(MASK_COLOURS, MASK_LABELS)]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle(f"Spatiotemporal masks on the {n_rois} ROI x {n_time_patches} time-patch grid")
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Loss and collapse monitors against optimizer step."""
+    steps = [h["step"] for h in history]
+    panels = [("loss", "JEPA loss"), ("target_std", "target std per dim"), ("target_rank", "target effective rank")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
+        ax.plot(steps, [h.get(key, np.nan) for h in history])
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,49 @@
+"""Typed configs: YAML, key=value overrides, clear errors, resolved round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from brainjepa.config import ConfigError, load_config, save_config
+from brainjepa.local import LocalPretrainConfig
+
+
+def test_yaml_and_overrides(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  size: small\n  n_rois: 100\nsteps: 7\n")
+    overrides = ["model.size=tiny", "masks.cross_roi_scale=[0.3, 0.4]", "optim.lr=3e-4"]
+    cfg = load_config(LocalPretrainConfig, path, overrides)
+    assert cfg.model.size == "tiny" and cfg.model.dim == 64  # preset width follows the overridden size
+    assert cfg.model.n_rois == 100 and cfg.steps == 7
+    assert cfg.masks.cross_roi_scale == (0.3, 0.4)
+    assert cfg.optim.lr == pytest.approx(3e-4)
+
+
+def test_resolved_config_round_trip(tmp_path) -> None:
+    cfg = load_config(LocalPretrainConfig, None, ["model.dim=96", "seed=3"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(LocalPretrainConfig, tmp_path / "resolved.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.widht=3"], "model.widht"),
+        (["steps=ten"], "steps"),
+        (["model.positional=rope"], "positional"),
+        (["masks.cross_roi_scale=[0.7, 0.2]"], "cross_roi_scale"),
+        (["novalue"], "key=value"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config(LocalPretrainConfig, None, overrides)
+
+
+def test_shipped_demo_config_loads() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "local" / "demo.yaml"
+    cfg = load_config(LocalPretrainConfig, path)
+    assert cfg == LocalPretrainConfig()  # the file spells out the built-in defaults
