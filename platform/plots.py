@@ -65,3 +65,37 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_gradients(
+    gradients: np.ndarray, eigenvalues: np.ndarray, roi_labels: list[str], path: str | Path
+) -> Path:
+    """Gradient 1 vs gradient 2 (coloured by network when the labels name one) and the scree plot."""
+    from brainjepa.gradients import network_names
+
+    fig, (scatter, scree) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.3, 1]})
+    networks = network_names(roi_labels)
+    x = gradients[:, 0]
+    y = gradients[:, 1] if gradients.shape[1] > 1 else np.arange(len(x), dtype=float)
+    if networks is None:
+        scatter.scatter(x, y, s=14, color="#4c72b0", alpha=0.8)
+    else:
+        names = sorted(set(networks))
+        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+        for i, name in enumerate(names):
+            mine = np.array([n == name for n in networks])
+            scatter.scatter(x[mine], y[mine], s=14, color=cmap(i % cmap.N), label=name)
+        scatter.legend(fontsize=7, markerscale=1.3, loc="best", ncol=2 if len(names) > 8 else 1)
+    scatter.set_xlabel("gradient 1")
+    scatter.set_ylabel("gradient 2" if gradients.shape[1] > 1 else "ROI index")
+    scatter.set_title(f"{gradients.shape[0]} ROIs in gradient space")
+    ks = np.arange(1, len(eigenvalues) + 1)
+    scree.plot(ks, eigenvalues, "o-", ms=4)
+    scree.set_xlabel("component")
+    scree.set_ylabel("eigenvalue  lambda / (1 - lambda)")
+    scree.set_title("scree")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
