@@ -10,11 +10,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# test data and reference implementations, without their heavy dependency trees:
+	# BrainSpace (diffusion-map reference + HCP group FC), nitime (real 4-D BOLD and ROI time series)
+	$(BIN)/python -m pip install --quiet --no-deps brainspace==0.3.0 nitime==0.12.1
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from brainjepa_platform.storage import StorageError
 
 
 def _print_table(rows: dict[str, object]) -> None:
@@ -71,11 +72,10 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Small single-process pretraining on a synthetic cohort; prints the loss falling."""
-    from brainjepa_platform.plots import plot_masks, plot_training_curves
-
     from brainjepa.config import load_config
     from brainjepa.local import LocalPretrainConfig, run_local_pretraining
     from brainjepa.masks import MaskCollator
+    from brainjepa_platform.plots import plot_masks, plot_training_curves
 
     overrides = list(args.overrides)
     if args.steps:
@@ -117,6 +117,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if last < first else 1
 
 
+def cmd_gradients(args: argparse.Namespace) -> int:
+    """Diffusion-map gradients of a group FC matrix, saved as a versioned artifact (and plotted)."""
+    from brainjepa.gradients import GradientParams
+    from brainjepa_platform.gradients import GradientsRequest, run_gradients
+
+    params = GradientParams(n_components=args.n_components, kernel=args.kernel, sparsity=args.sparsity,
+                            alpha=args.alpha)
+    request = GradientsRequest(source=args.source, out=args.out, params=params, labels=args.labels,
+                               align_to=args.align_to, atlas=args.atlas, cohort=args.cohort, plot=args.plot)
+    summary = run_gradients(request)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    lam = ", ".join(f"{v:.4f}" for v in summary["eigenvalues"][:5])
+    print(f"Gradients of {summary['n_rois']} ROIs: {params.n_components} components ({params.kernel}, "
+          f"sparsity {params.sparsity}, alpha {params.alpha}); first eigenvalues {lam}")
+    if summary["params"]["aligned_to"]:
+        print(f"  Procrustes-aligned to {summary['params']['aligned_to']}")
+    print(f"Wrote {summary['artifact']}" + (f", {summary['plot']}" if "plot" in summary else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", help="folder for the config, checkpoint and pictures")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix -> versioned artifact")
+    p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI)")
+    p.add_argument("--out", required=True, metavar="PATH", help="artifact to write (.npz)")
+    p.add_argument("--n-components", type=int, default=30)
+    p.add_argument("--kernel", default="normalized_angle", choices=["normalized_angle", "cosine"])
+    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of each FC row zeroed before the kernel")
+    p.add_argument("--alpha", type=float, default=0.5, help="anisotropic diffusion parameter")
+    p.add_argument("--labels", metavar="LABELS_FILE", help="ROI labels, one per line (or a Schaefer lookup table)")
+    p.add_argument("--align-to", metavar="ARTIFACT", help="Procrustes-align to this gradient artifact")
+    p.add_argument("--atlas", default="unspecified", help="atlas name recorded in the artifact")
+    p.add_argument("--cohort", default="", help="cohort description recorded in the artifact")
+    p.add_argument("--plot", metavar="PNG", help="gradient 1 vs 2 scatter and scree plot")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_gradients)
+
+    from brainjepa_platform.cli_data import register
+
+    register(sub)
     return parser
 
 
@@ -163,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, StorageError) as exc:
         print(f"brainjepa {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,3 +20,47 @@ def tiny_cfg() -> ModelConfig:
 def tiny_gradients(tiny_cfg: ModelConfig) -> torch.Tensor:
     rng = np.random.default_rng(0)
     return torch.from_numpy(rng.standard_normal((tiny_cfg.n_rois, 6))).float()
+
+
+# --- real services: an S3 HTTP endpoint (moto server) on loopback and a local Ray cluster ----------
+import os  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP server (moto) on 127.0.0.1; credentials set before Ray starts so workers inherit them."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                            "AWS_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log",
+                       "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"})
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint: str) -> Iterator[None]:
+    """One local Ray cluster for the session (started by ray.init, stopped by ray.shutdown)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()

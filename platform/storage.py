@@ -1,0 +1,176 @@
+"""Object storage: local paths, file:// and s3:// URIs through pyarrow filesystems.
+
+S3 settings come from the standard AWS environment variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``) plus
+``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` for S3-compatible servers. Credentials are never
+logged or written anywhere; a missing credential is an error (the SDK would otherwise probe a
+metadata address). Writes are atomic for readers and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+T = TypeVar("T")
+
+
+class StorageError(RuntimeError):
+    """An object-store operation failed for good (after retries); the message names the URI."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: a pyarrow filesystem and the path inside it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_s3(self) -> bool:
+        return isinstance(self.fs, pafs.S3FileSystem)
+
+    def child(self, *parts: str) -> Location:
+        path = "/".join([self.path.rstrip("/"), *parts])
+        uri = "/".join([self.uri.rstrip("/"), *parts])
+        return Location(self.fs, path, uri)
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _s3_filesystem(retries: int) -> pafs.S3FileSystem:
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        raise StorageError(
+            "s3:// URIs need credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_ENDPOINT_URL for an S3-compatible server)"
+        )
+    kwargs: dict[str, Any] = {
+        "access_key": key,
+        "secret_key": secret,
+        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries),
+        "connect_timeout": 5,
+        "request_timeout": 30,
+        "allow_bucket_creation": True,
+    }
+    endpoint = s3_endpoint()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | os.PathLike, retries: int = 3) -> Location:
+    """Local path, ``file://`` or ``s3://bucket/key`` -> :class:`Location`."""
+    text = os.fspath(uri)
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"{text}: an s3 URI needs a bucket, e.g. s3://bucket/prefix")
+        return Location(_s3_filesystem(retries), f"{parsed.netloc}{parsed.path}".rstrip("/"), text.rstrip("/"))
+    if parsed.scheme in ("", "file"):
+        path = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
+        return Location(pafs.LocalFileSystem(), path, path)
+    raise StorageError(f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file:// or s3://")
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+    """Run ``action``; on OSError retry with exponential backoff, then raise a StorageError."""
+    delay, start = base_delay, time.monotonic()
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except OSError as exc:  # pyarrow raises OSError subclasses for I/O and network failures
+            if attempt == attempts:
+                elapsed = time.monotonic() - start
+                raise StorageError(
+                    f"{what} failed after {attempts} attempts over {elapsed:.0f}s: {str(exc).rstrip('.')}. "
+                    "Check that the object store is reachable (AWS_ENDPOINT_URL) and the credentials are valid."
+                ) from exc
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def write_bytes(loc: Location, data: bytes, attempts: int = 5, base_delay: float = 0.5) -> None:
+    """Write ``data`` so that readers see the whole object or nothing.
+
+    Local: a temporary file renamed into place. S3: a single PUT (or completed multipart upload),
+    which only becomes visible once complete.
+    """
+
+    def put() -> None:
+        if loc.is_s3:
+            with loc.fs.open_output_stream(loc.path, compression=None) as out:
+                out.write(data)
+            return
+        parent = os.path.dirname(loc.path)
+        loc.fs.create_dir(parent, recursive=True)
+        tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
+        with loc.fs.open_output_stream(tmp, compression=None) as out:
+            out.write(data)
+        os.replace(tmp, loc.path)
+
+    with_retries(put, f"writing {loc.uri}", attempts, base_delay)
+
+
+def read_bytes(loc: Location, attempts: int = 3) -> bytes:
+    def get() -> bytes:
+        with loc.fs.open_input_stream(loc.path, compression=None) as stream:  # bytes as stored
+            return stream.read()
+
+    try:
+        return with_retries(get, f"reading {loc.uri}", attempts, 0.2)
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise FileNotFoundError(f"{loc.uri} does not exist") from None
+        raise
+
+
+def exists(loc: Location) -> bool:
+    info = with_retries(lambda: loc.fs.get_file_info(loc.path), f"checking {loc.uri}", 3, 0.2)
+    return info.type != pafs.FileType.NotFound
+
+
+def write_json(loc: Location, obj: Any, **retry: Any) -> None:
+    write_bytes(loc, json.dumps(obj, indent=2, sort_keys=False).encode(), **retry)
+
+
+def read_json(loc: Location) -> Any:
+    return json.loads(read_bytes(loc))
+
+
+def list_files(loc: Location, suffix: str = "") -> list[Location]:
+    """Files under ``loc`` (recursively) whose names end with ``suffix``, sorted by path."""
+    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
+    infos = with_retries(lambda: loc.fs.get_file_info(selector), f"listing {loc.uri}", 3, 0.2)
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File and info.path.endswith(suffix):
+            rel = info.path[len(loc.path.rstrip("/")) + 1 :]
+            out.append(loc.child(rel))
+    return sorted(out, key=lambda x: x.path)
+
+
+def ensure_bucket(loc: Location) -> None:
+    """Create the bucket of an s3 location if missing (for local stores: the directory)."""
+    if loc.is_s3:
+        bucket = loc.path.split("/", 1)[0]
+        with_retries(lambda: loc.fs.create_dir(bucket, recursive=False), f"creating bucket {bucket}", 3, 0.2)
+    else:
+        loc.fs.create_dir(loc.path, recursive=True)
