@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from nilearn.maskers import NiftiLabelsMasker
 
+from brainjepa_platform.extract import CleanConfig
 from brainjepa_platform.ingest import IngestOptions, ingest, read_manifest, shard_locations
 from brainjepa_platform.sources import discover
 from brainjepa_platform.storage import StorageError, resolve
@@ -267,3 +268,34 @@ def test_gzip_stream_reader_equals_nibabel(bids) -> None:
     np.testing.assert_array_equal(series, uncompressed)
     assert tr == pytest.approx(nib.load(bold).header.get_zooms()[3])
     assert io is not None
+
+
+def test_confound_regression_and_float16(bids, tmp_path) -> None:
+    """fMRIPrep confounds next to the BOLD are regressed out with nilearn.signal.clean; float16 storage."""
+    import pandas as pd
+    from nilearn.signal import clean
+
+    src = tmp_path / "fmriprep"
+    shutil.copytree(bids["source"], src)
+    bold = src / "sub-001/func/sub-001_task-rest_bold.nii.gz"
+    n_frames = nib.load(bold).shape[3]
+    rng = np.random.default_rng(0)
+    confounds = pd.DataFrame({"global_signal": rng.standard_normal(n_frames), "csf": rng.standard_normal(n_frames)})
+    confounds.to_csv(src / "sub-001/func/sub-001_task-rest_desc-confounds_timeseries.tsv", sep="\t", index=False)
+    out = str(tmp_path / "ds")
+    opts = IngestOptions(atlas=str(src / "atlas/atlas.nii.gz"), labels=str(src / "atlas/labels.tsv"), float16=True,
+                         clean=CleanConfig(detrend=True, confound_columns=("global_signal", "csf")))
+    result = ingest(str(src), out, opts, progress=False)
+    # only sub-001 has a confounds file: the others are quarantined with a clear reason
+    assert {q["scan_id"] for q in result.quarantined} == {s for s in read_rows_ids(bids) if s != "sub-001_task-rest"}
+    assert all("no confounds file" in q["reason"] for q in result.quarantined)
+    row = read_rows(out)["sub-001_task-rest"]
+    raw = masker_reference(str(src / "atlas/atlas.nii.gz"), str(bold))
+    expected = clean(raw.T, confounds=confounds.to_numpy(), detrend=True, standardize=False, t_r=row["tr"]).T
+    np.testing.assert_allclose(row["series"], expected, atol=2e-3 * np.abs(expected).max())
+    loc, paths = shard_locations(out)
+    assert str(pq.read_schema(paths[0], filesystem=loc.fs).field("series").type) == "list<element: halffloat>"
+
+
+def read_rows_ids(bids: dict[str, str]) -> set[str]:
+    return {s.scan_id for s in discover(resolve(bids["source"]), "bids")}
