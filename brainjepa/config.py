@@ -141,13 +141,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        loaded = yaml.safe_load(text) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = loaded
+    data = read_yaml_with_extends(Path(path)) if path is not None else {}
     # merge into the file's own mapping (not the resolved defaults): fields derived in __post_init__
     # (e.g. a preset's width) must follow an overridden preset
     merged = apply_overrides(data, overrides or [])
@@ -156,6 +150,27 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     except ConfigError as exc:
         origin = f"{path}: " if path else ""
         raise ConfigError(f"{origin}{exc}") from None
+
+
+def read_yaml_with_extends(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; ``extends: other.yaml`` (relative to the file) is loaded first and overlaid."""
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    base = read_yaml_with_extends(path.parent / parent, (*_seen, path.resolve()))
+    return _deep_merge(base, loaded)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

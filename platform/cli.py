@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_gradients)
 
-    from brainjepa_platform.cli_data import register
+    from brainjepa_platform import cli_data, cli_train
 
-    register(sub)
+    cli_data.register(sub)
+    cli_train.register(sub)
     return parser
 
 

@@ -61,6 +61,6 @@ def ray_cluster(s3_endpoint: str) -> Iterator[None]:
     """One local Ray cluster for the session (started by ray.init, stopped by ray.shutdown)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()

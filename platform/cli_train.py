@@ -1,0 +1,29 @@
+"""``brainjepa pretrain``: distributed pretraining on Ray Train from a YAML config + overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from brainjepa.config import load_config
+    from brainjepa_platform.pretrain import run_pretraining
+    from brainjepa_platform.pretrain_config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    result = run_pretraining(cfg)
+    print(f"Pretraining finished at step {result.steps}: loss {result.metrics.get('loss', float('nan')):.4f}, "
+          f"validation loss {result.metrics.get('val_loss', float('nan')):.4f}")
+    print(f"  MLflow run {result.run_id}; checkpoint {result.checkpoint}")
+    if result.model_version:
+        print(f"  registered models:/{cfg.tracking.registered_model}/{result.model_version} "
+              f"(alias: models:/{cfg.tracking.registered_model}@{cfg.tracking.alias})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain Brain-JEPA with Ray Train on an ingested dataset")
+    p.add_argument("--config", default="configs/pretrain/tiny.yaml", help="YAML config (PretrainConfig)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. data.dataset=s3://bucket/cohort train.num_workers=4")
+    p.set_defaults(func=cmd_pretrain)

@@ -1,0 +1,80 @@
+"""Typed config of a distributed pretraining run (``configs/pretrain/*.yaml`` + ``key=value`` overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from brainjepa.masks import MaskConfig
+from brainjepa.model import ModelConfig
+from brainjepa.schedules import OptimConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the ingested dataset is and how samples are cut from its scans."""
+
+    dataset: str = ""
+    """URI of an ingested dataset (folder with manifest.json; path, file:// or s3://)."""
+    target_tr: float = 2.2
+    """Seconds between the model's frames; each scan is resampled from its own TR."""
+    val_fraction: float = 0.1
+    """Fraction of subjects held out for validation (split by subject, never by scan)."""
+    split_seed: int = 0
+    windows_per_scan: int = 1
+    """Random windows cut from each training scan per epoch (the paper: 1)."""
+    shuffle_buffer: int = 64
+    """Local shuffle buffer (rows) per worker."""
+    prefetch_batches: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Scale, length and fault tolerance of the run."""
+
+    steps: int = 200
+    """Optimizer steps (the schedules span exactly these)."""
+    batch_size: int = 16
+    """Samples per worker per micro-batch."""
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    """Fractional CPUs leave room for Ray Data on small machines (SPEC 7)."""
+    dtype: Literal["float32", "bf16"] = "float32"
+    checkpoint_every: int = 50
+    storage_path: str = "runs"
+    """Checkpoints and Ray Train state: a path, file:// or s3:// URI."""
+    name: str = "brainjepa-pretrain"
+    max_failures: int = 2
+    seed: int = 0
+    log_every: int = 10
+    val_batches: int = 2
+    """Validation batches evaluated at each checkpoint."""
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: tracking URI (default local sqlite), experiment and registered model."""
+
+    tracking_uri: str = ""
+    experiment: str = "brainjepa-pretrain"
+    registered_model: str = "brainjepa-encoder"
+    alias: str = "current"
+    """Alias moved to each newly registered version (MLflow reserves 'latest': the newest version is
+    also ``models:/<registered_model>/latest``)."""
+    register: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs; saved resolved with the run and checked on resume."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gradients: str = ""
+    """URI of a gradient artifact (.npz from `brainjepa gradients`); empty: computed from the
+    training subjects' group FC at the start of the run."""

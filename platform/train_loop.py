@@ -1,0 +1,164 @@
+"""The Ray Train worker: one ``PretrainEngine`` per worker under DDP, fed by the streaming pipeline.
+
+Rank 0 logs metrics to the run's MLflow run (created by the driver) and writes checkpoints; every
+rank reports, so Ray Train keeps the latest checkpoint and restores it after a worker failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainjepa.config import from_dict
+from brainjepa.jepa import BrainJEPA, PretrainEngine, autocast_context, jepa_loss
+from brainjepa_platform.pretrain_config import PretrainConfig
+from brainjepa_platform.streaming import MaskingCollate
+
+ENGINE_FILE = "engine.pt"
+META_FILE = "meta.json"
+
+
+class MetricsLogger:
+    """Rank-0 MLflow metric logging into an existing run (no global active-run state)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, enabled: bool) -> None:
+        self.enabled = enabled and bool(run_id)
+        if self.enabled:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+
+def batches(shard: Any, cfg: PretrainConfig, rank: int) -> Iterator[dict[str, Any]]:
+    """Endless stream of masked training batches from this worker's shard, epoch after epoch."""
+    collate = MaskingCollate(cfg.masks, cfg.model, seed=cfg.train.seed, stream=rank)
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None, local_shuffle_seed=cfg.train.seed + epoch,
+            prefetch_batches=cfg.data.prefetch_batches,
+        ):
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise ValueError(
+                f"the training split gave worker {rank} no full batch of {cfg.train.batch_size}: the dataset has too "
+                "few training scans for batch_size x num_workers; lower train.batch_size or add scans"
+            )
+        epoch += 1
+
+
+@torch.no_grad()
+def validation_loss(engine: PretrainEngine, val: Any, cfg: PretrainConfig) -> float:
+    """Mean JEPA loss of the (unwrapped) student over ``val_batches`` validation batches."""
+    if val is None or cfg.train.val_batches <= 0:
+        return float("nan")
+    collate = MaskingCollate(cfg.masks, cfg.model, seed=cfg.train.seed + 1, stream=0)
+    model = engine.model
+    model.student.eval()
+    losses = []
+    for i, batch in enumerate(val.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate)):
+        if i >= cfg.train.val_batches:
+            break
+        series = batch["series"].to(engine.device)
+        ctx, tgt = batch["context_index"].to(engine.device), batch["target_index"].to(engine.device)
+        with autocast_context(engine.device, engine.dtype):
+            _, targets = model.targets(series, tgt)
+            losses.append(jepa_loss(model.student(series, ctx, tgt).float(), targets.float(), cfg.optim.loss).item())
+    model.student.train()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def save_checkpoint(engine: PretrainEngine, meta: dict[str, Any], metrics: dict[str, float], rank: int) -> None:
+    """Report ``metrics``; rank 0 attaches a checkpoint directory (engine state + metadata)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="brainjepa-ckpt-") as tmp:
+        engine.save(Path(tmp) / ENGINE_FILE)
+        (Path(tmp) / META_FILE).write_text(json.dumps({**meta, "step": engine.step}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restore(engine: PretrainEngine) -> bool:
+    """Load the latest reported checkpoint, if Ray Train hands one to this (re)started worker."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as d:
+        engine.load(Path(d) / ENGINE_FILE)
+    return True
+
+
+def build_engine(cfg: PretrainConfig, gradients: np.ndarray | None) -> PretrainEngine:
+    """Model on this worker's device, student wrapped in DDP by Ray Train."""
+    import ray.train.torch
+
+    torch.manual_seed(cfg.train.seed)
+    grads = torch.from_numpy(np.asarray(gradients, dtype=np.float32)) if gradients is not None else None
+    model = BrainJEPA(cfg.model, grads)
+    device = ray.train.torch.get_device()
+    model.to(device)
+    student = ray.train.torch.prepare_model(model.student, move_to_device=False)
+    return PretrainEngine(model, cfg.optim, cfg.train.steps, device=device, dtype=cfg.train.dtype, student=student)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``config`` holds the resolved config dict, gradients and MLflow run id."""
+    import ray.train
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    engine = build_engine(cfg, config.get("gradients"))
+    resumed_from = engine.step if restore(engine) else None
+    logger = MetricsLogger(config.get("tracking_uri", ""), config.get("run_id", ""), enabled=rank == 0)
+    if resumed_from is not None:
+        logger.log({"resumed_from_step": resumed_from}, step=resumed_from)
+    stream = batches(ray.train.get_dataset_shard("train"), cfg, rank)
+    val = ray.train.get_dataset_shard("val") if rank == 0 else None
+    meta = {"run_id": config.get("run_id", ""), "config": config["cfg"]}
+    samples_per_step = cfg.train.batch_size * cfg.optim.accumulation_steps * world
+    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    while engine.step < cfg.train.steps:
+        t0 = time.perf_counter()
+        micro = [next(stream) for _ in range(cfg.optim.accumulation_steps)]
+        window_wait += time.perf_counter() - t0
+        metrics = engine.train_step(micro)
+        window_steps += 1
+        step = engine.step
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+            elapsed = time.perf_counter() - window_start
+            metrics.update(samples_per_s=samples_per_step * window_steps / elapsed,
+                           data_wait_fraction=window_wait / elapsed)
+            logger.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+            window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            report = {"step": step, "loss": metrics["loss"]}
+            if rank == 0:
+                report["val_loss"] = validation_loss(engine, val, cfg)
+                logger.log({"val_loss": report["val_loss"]}, step=step)
+            save_checkpoint(engine, meta, report, rank)

@@ -1,0 +1,137 @@
+"""Distributed pretraining on real services: local Ray cluster, moto S3 on loopback, sqlite MLflow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from brainjepa.config import load_config
+from brainjepa_platform.pretrain import run_pretraining
+from brainjepa_platform.pretrain_config import PretrainConfig
+from brainjepa_platform.storage import list_files, resolve
+from brainjepa_platform.streaming import StreamSpec, is_validation, sample_windows
+from brainjepa_platform.synth import SynthOptions, write_parquet
+from brainjepa_platform.tracking import load_encoder
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+SECRET = "testing-secret-do-not-log"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(s3_endpoint) -> str:
+    uri = "s3://pretrain-data/cohort"
+    write_parquet(uri, SynthOptions(subjects=10, rois=24, frames=(100, 140), seed=3))
+    return uri
+
+
+def tiny_config(dataset: str, storage: str, tracking: str, name: str, *extra: str) -> PretrainConfig:
+    overrides = [
+        f"data.dataset={dataset}", f"train.storage_path={storage}", f"train.name={name}",
+        f"tracking.tracking_uri={tracking}", "model.frames=32", "model.patch=8", "model.n_gradients=4",
+        "train.steps=12", "train.checkpoint_every=4", "train.batch_size=4", "train.log_every=1",
+        "data.windows_per_scan=16", "data.val_fraction=0.3", "data.shuffle_buffer=8", *extra,
+    ]
+    return load_config(PretrainConfig, ROOT / "configs" / "pretrain" / "tiny.yaml", overrides)
+
+
+def metric_steps(tracking: str, run_id: str, key: str) -> list[int]:
+    return [m.step for m in MlflowClient(tracking).get_metric_history(run_id, key)]
+
+
+def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path) -> None:
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run")
+    result = run_pretraining(cfg)
+    assert result.steps == 12 and result.model_version == "1"
+    # checkpoints went to S3
+    assert any(f.path.endswith("engine.pt") for f in list_files(resolve("s3://pretrain-runs/runs/s3run")))
+    client = MlflowClient(tracking)
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.size"] == "tiny" and run.data.params["train.num_workers"] == "2"
+    assert not any(SECRET in v or "testing-key" in v for v in run.data.params.values())
+    for key in ("loss", "lr", "wd", "ema_momentum", "target_std", "target_rank", "samples_per_s",
+                "data_wait_fraction"):
+        assert metric_steps(tracking, result.run_id, key) == list(range(1, 13)), key
+    assert metric_steps(tracking, result.run_id, "val_loss") == [4, 8, 12]
+    # the registered target encoder loads by alias and embeds raw series of the dataset's shape
+    bundle = load_encoder("models:/brainjepa-encoder@current")
+    x = np.random.default_rng(0).normal(100, 5, (3, 24, 32)).astype(np.float32)
+    assert bundle.embed(x).shape == (3, 64)
+    with pytest.raises(ValueError, match="24 ROIs"):
+        bundle.embed(x[:, :9])
+    # the same command again resumes the finished run instead of starting over
+    again = run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run"))
+    assert again.run_id == result.run_id and again.steps == 12
+    assert metric_steps(tracking, result.run_id, "resumed_from_step") == [12]
+    assert metric_steps(tracking, result.run_id, "loss") == list(range(1, 13))  # nothing retrained
+    # other settings under the same run name are refused
+    with pytest.raises(ValueError, match="optim.lr"):
+        run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run", "optim.lr=0.1"))
+
+
+def _latest_logged_step(client: MlflowClient) -> int:
+    try:  # the database and run are created by the run itself, a moment after the test starts
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    except Exception:  # noqa: BLE001
+        return 0
+    return max((m.step for r in runs for m in client.get_metric_history(r.info.run_id, "loss")), default=0)
+
+
+def _kill_a_train_worker_after_first_checkpoint(tracking: str, stop: threading.Event, killed: list) -> None:
+    """Kill one train worker a while after step 6: by then Ray Train's controller has registered the
+    step-4 checkpoint (a checkpoint reported moments before a failure may not be registered yet)."""
+    client = MlflowClient(tracking)
+    while not stop.is_set():
+        if _latest_logged_step(client) >= 6:
+            time.sleep(2.5)
+            for proc in psutil.process_iter(["cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(s3_dataset, tmp_path) -> None:
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = tiny_config(s3_dataset, str(tmp_path / "runs"), tracking, "killed", "train.steps=32",
+                      "tracking.register=false")
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_a_train_worker_after_first_checkpoint, args=(tracking, stop, killed),
+                              daemon=True)
+    killer.start()
+    try:
+        result = run_pretraining(cfg)
+    finally:
+        stop.set()
+    assert killed, "no train worker was killed"
+    assert result.steps == 32
+    resumed = MlflowClient(tracking).get_metric_history(result.run_id, "resumed_from_step")
+    steps = metric_steps(tracking, result.run_id, "loss")
+    assert resumed and resumed[0].value >= 4, f"no resume recorded; loss logged at steps {steps}"
+    repeated = len(steps) - len(set(steps))
+    assert set(steps) == set(range(1, 33)) and repeated <= 4, f"steps redone beyond one checkpoint interval: {steps}"
+
+
+def test_subject_split_has_no_leak() -> None:
+    subjects = [f"{i:03d}" for i in range(200)]
+    val = {s for s in subjects if is_validation(s, 0.2, 0)}
+    assert 20 < len(val) < 60
+    assert val == {s for s in subjects if is_validation(s, 0.2, 0)}  # deterministic
+    batch = {"subject": np.array(subjects[:20]), "tr": np.full(20, 1.0), "n_rois": np.full(20, 3),
+             "n_frames": np.full(20, 50), "series": np.array([np.arange(150.0)] * 20, dtype=object)}
+    from brainjepa.preprocess import RobustStats
+
+    stats = RobustStats(np.zeros(3), np.ones(3))
+    for validation in (False, True):
+        spec = StreamSpec(3, 16, 1.0, stats, validation, 0.2, 0, windows_per_scan=2)
+        out = sample_windows(batch, spec)["series"]
+        expected = sum(1 for s in subjects[:20] if is_validation(s, 0.2, 0) == validation)
+        assert out.shape == (expected * (2 if not validation else 2), 3, 16)
