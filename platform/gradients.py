@@ -20,7 +20,7 @@ from brainjepa.gradients import (
 )
 
 MATRIX_SUFFIXES = {".npy": None, ".csv": ",", ".tsv": "\t"}
-NOT_YET = "Parquet cohort datasets are not supported yet (they come with cohort ingestion)"
+NOT_YET = "an ingested dataset is given by its folder or URI (the one holding manifest.json)"
 
 
 def local_path(location: str | Path) -> Path:
@@ -95,8 +95,34 @@ class GradientsRequest:
     plot: str | None = None
 
 
+def is_dataset(source: str) -> bool:
+    """True when ``source`` is an ingested dataset (a folder or prefix with manifest.json)."""
+    from brainjepa_platform.storage import exists, resolve
+
+    return not str(source).lower().endswith(tuple(MATRIX_SUFFIXES)) and exists(resolve(source).child("manifest.json"))
+
+
+def dataset_artifact(request: GradientsRequest) -> GradientArtifact:
+    """Group FC streamed over every scan of an ingested dataset (Ray Data), then the gradients."""
+    from brainjepa_platform.cluster import init_ray
+    from brainjepa_platform.cohort_fc import dataset_group_fc
+    from brainjepa_platform.ingest import read_manifest
+
+    init_ray()
+    manifest = read_manifest(request.source)
+    fc, n_scans = dataset_group_fc(request.source)
+    atlas = manifest["atlas"]["name"] if request.atlas == "unspecified" else request.atlas
+    provenance = GradientProvenance(atlas=atlas, source=str(request.source), n_scans=n_scans,
+                                    cohort=request.cohort or f"dataset {manifest['dataset']}, all scans")
+    reference = GradientArtifact.load(local_path(request.align_to)) if request.align_to else None
+    return gradient_artifact(fc, request.params, provenance, manifest["atlas"]["roi_labels"], reference,
+                             request.align_to)
+
+
 def build_artifact(request: GradientsRequest) -> GradientArtifact:
-    """Read the FC matrix (and labels, and reference), compute and align the gradients."""
+    """Read the FC matrix or stream the dataset (and labels, and reference), compute and align the gradients."""
+    if is_dataset(request.source):
+        return dataset_artifact(request)
     fc = load_fc_matrix(request.source)
     labels = read_roi_labels(request.labels, len(fc)) if request.labels else None
     reference = GradientArtifact.load(local_path(request.align_to)) if request.align_to else None

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from brainjepa_platform.cluster import init_ray
 from brainjepa_platform.extract import (
     Atlas,
     BadInput,
@@ -218,26 +219,13 @@ def plan_ingest(source: str, out: str, opts: IngestOptions) -> IngestPlan:
                       phenotypes=phenotype_columns(specs), options=opts)
 
 
-def _init_ray(workers: int) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-
-
 def run_chunks(plan: IngestPlan, pending: list[int], progress: bool) -> None:
     """Process ``pending`` chunks on a Ray Data actor pool, with a progress bar over scans."""
     import ray
     from ray.data import DataContext
     from tqdm import tqdm
 
-    _init_ray(plan.options.workers)
+    init_ray()
     DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))
     concurrency = max(1, min(len(pending), plan.options.workers or cpus))

@@ -10,7 +10,6 @@ latest checkpoint (Ray Train restores runs by storage path and name).
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from brainjepa.config import to_dict
 from brainjepa.gradients import GradientArtifact, GradientParams, GradientProvenance, gradient_artifact
+from brainjepa_platform.cluster import init_ray
 from brainjepa_platform.cohort_fc import SubjectFilter, dataset_group_fc
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.pretrain_config import PretrainConfig
@@ -176,17 +176,6 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
             roi_labels=manifest["atlas"]["roi_labels"], atlas=manifest["atlas"]["name"],
             registered_name=cfg.tracking.registered_model, alias=cfg.tracking.alias,
         )
-
-
-def init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:  # a few more logical CPUs than cores: Ray Data's light tasks must not wait for the trainers
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, configure_logging=False)
 
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:

@@ -299,3 +299,24 @@ def test_confound_regression_and_float16(bids, tmp_path) -> None:
 
 def read_rows_ids(bids: dict[str, str]) -> set[str]:
     return {s.scan_id for s in discover(resolve(bids["source"]), "bids")}
+
+
+def test_streamed_group_fc_and_gradients_from_dataset(bids, tmp_path) -> None:
+    """Group FC streamed over the dataset equals an in-memory computation; `gradients` takes a dataset."""
+    from brainjepa.gradients import GradientArtifact, group_fc
+    from brainjepa_platform.cohort_fc import dataset_group_fc
+    from brainjepa_platform.gradients import GradientsRequest, run_gradients
+    from brainjepa_platform.pretrain import GradientParams
+
+    out = str(tmp_path / "ds")
+    ingest(bids["source"], out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=2),
+           progress=False)
+    rows = read_rows(out)
+    fc, n = dataset_group_fc(out)
+    assert n == len(rows)
+    np.testing.assert_allclose(fc, group_fc([r["series"] for r in rows.values()]), atol=1e-6)
+    summary = run_gradients(GradientsRequest(source=out, out=str(tmp_path / "g.npz"),
+                                             params=GradientParams(n_components=4)))
+    artifact = GradientArtifact.load(summary["artifact"])
+    assert artifact.roi_labels == read_manifest(out)["atlas"]["roi_labels"]
+    assert artifact.provenance.n_scans == len(rows) and artifact.gradients.shape == (12, 4)
