@@ -191,7 +191,7 @@ def test_fc_file_checks(tmp_path) -> None:
     (tmp_path / "fc.tsv").write_text("1\t0.5\n0.5\t1\n")
     np.testing.assert_array_equal(load_fc_matrix(tmp_path / "fc.tsv"), [[1, 0.5], [0.5, 1]])
     for source in (tmp_path / "cohort.parquet", tmp_path, tmp_path / "fc.h5"):
-        with pytest.raises(ValueError, match="Parquet"):
+        with pytest.raises(ValueError, match="manifest.json"):
             load_fc_matrix(source)
     with pytest.raises(ValueError, match="file://"):
         load_fc_matrix("s3://bucket/fc.npy")
