@@ -34,7 +34,7 @@ from brainjepa_platform.synth import SynthOptions, write_bids
 def worker_cost(extractor: LabelExtractor, path: Path, labels: list[str]) -> tuple[float, np.ndarray, float | None]:
     t0 = time.perf_counter()
     series, tr = extractor.extract(path.read_bytes())
-    validate(series, None, len(labels), labels, 1)
+    validate(series, len(labels), labels, 1)
     return time.perf_counter() - t0, series, tr
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from brainjepa_platform.sources import ScanSpec
 from brainjepa_platform.storage import Location
 
 TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
@@ -260,7 +259,7 @@ def clean(series: np.ndarray, tr: float, cfg: CleanConfig, confounds: pd.DataFra
     return out.T
 
 
-def validate(series: np.ndarray, spec: ScanSpec, n_rois: int, labels: list[str], min_frames: int) -> None:
+def validate(series: np.ndarray, n_rois: int, labels: list[str], min_frames: int) -> None:
     """Raise BadInput for wrong ROI count, NaN/Inf, constant ROIs or too few frames."""
     if series.shape[0] != n_rois:
         raise BadInput(f"has {series.shape[0]} ROIs, the dataset has {n_rois}")

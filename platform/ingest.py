@@ -129,7 +129,7 @@ class ChunkIngestor:
         if opts.clean.active:
             confounds = read_confounds(resolve(spec.confounds) if spec.confounds else None)
             series = clean(series, tr, opts.clean, confounds)
-        validate(series, spec, n_rois, self.plan.roi_labels, opts.min_frames)
+        validate(series, n_rois, self.plan.roi_labels, opts.min_frames)
         return ScanRow(spec=spec, series=series, tr=float(tr))
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:

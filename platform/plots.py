@@ -18,6 +18,13 @@ MASK_COLOURS = ["#f2f2f2", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
 MASK_LABELS = ["not used", "context (observation)", "cross-ROI target", "cross-time target", "double-cross target"]
 
 
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def mask_grid(masks: MaskBatch, sample: int, n_rois: int, n_time_patches: int) -> np.ndarray:
     """(R, P) codes: 0 unused, 1 context, 2 cross-ROI, 3 cross-time, 4 double-cross."""
     grid = np.zeros(n_rois * n_time_patches, dtype=np.int64)
@@ -45,10 +52,7 @@ def plot_masks(masks: MaskBatch, n_rois: int, n_time_patches: int, path: str | P
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(f"Spatiotemporal masks on the {n_rois} ROI x {n_time_patches} time-patch grid")
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
@@ -61,10 +65,7 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gradients(
@@ -95,7 +96,4 @@ def plot_gradients(
     scree.set_ylabel("eigenvalue  lambda / (1 - lambda)")
     scree.set_title("scree")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

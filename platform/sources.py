@@ -92,12 +92,13 @@ def read_participants(loc: Location) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     columns = [c for c in table.columns if c != "participant_id"]
     numeric = {c: pd.to_numeric(table[c], errors="coerce") for c in columns}
+    # a column is numeric when every value present parses as a number
+    is_number = {c: table[c].notna().sum() == numeric[c].notna().sum() for c in columns}
     for i, pid in enumerate(table["participant_id"]):
         row = {}
         for c in columns:
             raw = table[c].iloc[i]
-            is_number = table[c].notna().sum() == numeric[c].notna().sum()  # every present value numeric
-            row[c] = float(numeric[c].iloc[i]) if is_number else (None if pd.isna(raw) else str(raw))
+            row[c] = float(numeric[c].iloc[i]) if is_number[c] else (None if pd.isna(raw) else str(raw))
         out[str(pid).removeprefix("sub-")] = row
     return out
 
