@@ -1,9 +1,12 @@
 """Pretraining input and scaling benchmarks, ratios measured in one run.
 
-    python benchmarks/pretrain_input.py --subjects 24 --samples 512
+    python benchmarks/pretrain_input.py --subjects 24 --samples 2048
 
 (a) samples/s from Parquet through Ray Data (windows, robust scaling, masks in the collate
     function) to the iterator, against the same work done by pyarrow + numpy alone in this process;
+(b) data-wait fraction of step time while training the small model (450 ROIs x 160 frames) with
+    one worker on this machine's CPUs, from the run's own MLflow metrics (first window, with the
+    pipeline's start-up, reported apart from the steady state);
 (c) samples/s of the tiny model trained with 1 and with 2 Ray Train workers on the same cohort
     (from the run's own MLflow metrics).
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,11 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def ray_data_rate(cfg: PretrainConfig, n_samples: int) -> float:
-    train, _, _ = build_datasets(cfg.data.dataset, cfg.model, cfg.data)
+    """Through Ray Data to a worker-style iterator (streaming split, local shuffle, prefetch), start-up included."""
+    start = time.perf_counter()
+    train, _, _ = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed=n_samples)
+    shard = train.streaming_split(1, equal=True)[0]
     collate = MaskingCollate(cfg.masks, cfg.model, seed=0, stream=0)
-    seen, start = 0, time.perf_counter()
+    seen = 0
     while seen < n_samples:
-        for batch in train.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
+                                              local_shuffle_buffer_size=cfg.data.shuffle_buffer,
+                                              prefetch_batches=cfg.data.prefetch_batches):
             seen += batch["series"].shape[0]
             if seen >= n_samples:
                 break
@@ -65,24 +74,43 @@ def pyarrow_rate(cfg: PretrainConfig, n_samples: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def training_rate(cfg: PretrainConfig, workers: int, tmp: Path) -> float:
+def run_metric(config: str, overrides: list[str], name: str, tmp: Path, metric: str) -> list[float]:
+    """Train with ``config`` + overrides (no registration) and return the history of one logged metric."""
     from mlflow.tracking import MlflowClient
 
-    tracking = f"sqlite:///{tmp}/mlflow-{workers}.db"
-    overrides = [f"train.num_workers={workers}", f"train.name=bench-{workers}", f"tracking.tracking_uri={tracking}",
-                 f"train.storage_path={tmp}/runs", "tracking.register=false"]
-    run = load_config(PretrainConfig, ROOT / "configs/pretrain/tiny.yaml",
-                      [*overrides, f"data.dataset={cfg.data.dataset}", "train.steps=40", "train.log_every=10",
-                       "train.checkpoint_every=40", "data.windows_per_scan=16"])
+    tracking = f"sqlite:///{tmp}/mlflow-{name}.db"
+    run = load_config(PretrainConfig, ROOT / config,
+                      [*overrides, f"train.name=bench-{name}", f"tracking.tracking_uri={tracking}",
+                       f"train.storage_path={tmp}/runs", "tracking.register=false"])
     result = run_pretraining(run)
-    history = MlflowClient(tracking).get_metric_history(result.run_id, "samples_per_s")
-    return float(np.median([m.value for m in history[1:]] or [m.value for m in history]))
+    return [m.value for m in MlflowClient(tracking).get_metric_history(result.run_id, metric)]
+
+
+def training_rate(dataset: str, workers: int, tmp: Path) -> float:
+    history = run_metric("configs/pretrain/tiny.yaml",
+                         [f"data.dataset={dataset}", f"train.num_workers={workers}", "train.steps=40",
+                          "train.log_every=10", "train.checkpoint_every=40", "data.windows_per_scan=16"],
+                         f"tiny-{workers}", tmp, "samples_per_s")
+    return float(np.median(history[1:] or history))
+
+
+def data_wait(tmp: Path, subjects: int, steps: int) -> list[float]:
+    """data_wait_fraction per log window of a small-model run (batch 2, one worker with every CPU)."""
+    uri = str(tmp / "cohort-450")
+    write_parquet(uri, SynthOptions(subjects=subjects, rois=450, frames=(450, 500)))
+    cpus = max(1, (os.cpu_count() or 2))
+    return run_metric("configs/pretrain/small.yaml",
+                      [f"data.dataset={uri}", "train.num_workers=1", "train.use_gpu=false", "train.dtype=float32",
+                       f"train.cpus_per_worker={cpus}", "train.batch_size=2", "optim.accumulation_steps=1",
+                       f"train.steps={steps}", "train.log_every=2", f"train.checkpoint_every={steps}",
+                       "train.val_batches=0"], "small", tmp, "data_wait_fraction")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, default=24)
-    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--small-steps", type=int, default=12, help="steps of the small-model run for (b)")
     args = parser.parse_args()
     init_ray()
     with tempfile.TemporaryDirectory(prefix="brainjepa-bench-") as tmp:
@@ -94,7 +122,11 @@ def main() -> None:
         ray_rate, arrow_rate = ray_data_rate(cfg, args.samples), pyarrow_rate(cfg, args.samples)
         print(f"(a) input pipeline: Ray Data {ray_rate:.0f} samples/s, pyarrow alone {arrow_rate:.0f} samples/s, "
               f"ratio {ray_rate / arrow_rate:.2f}")
-        one, two = training_rate(cfg, 1, Path(tmp)), training_rate(cfg, 2, Path(tmp))
+        waits = data_wait(Path(tmp), args.subjects, args.small_steps)
+        print(f"(b) small model, batch 2, 1 worker: data-wait fraction {waits[0]:.3f} in the first window "
+              f"(pipeline start-up), then median {np.median(waits[1:]):.3f} (max {max(waits[1:]):.3f}) over "
+              f"{len(waits) - 1} windows of 2 steps")
+        one, two = training_rate(uri, 1, Path(tmp)), training_rate(uri, 2, Path(tmp))
         print(f"(c) tiny model: 1 worker {one:.1f} samples/s, 2 workers {two:.1f} samples/s, ratio {two / one:.2f}")
 
 

@@ -33,23 +33,42 @@ def robust_stats(scans: list[np.ndarray], min_iqr: float = 1e-6) -> RobustStats:
     return RobustStats(median=median, iqr=np.maximum(q75 - q25, min_iqr))
 
 
-def sample_window(
-    series: np.ndarray, tr: float, target_tr: float, frames: int, rng: np.random.Generator
-) -> np.ndarray:
-    """A random window of ``frames`` frames at ``target_tr`` seconds, linearly interpolated from a scan
-    sampled every ``tr`` seconds (the paper's keep-every-3rd-frame is the special case target_tr = 3 tr)."""
-    n = series.shape[1]
-    span = (frames - 1) * target_tr
-    duration = (n - 1) * tr
+def _check_long_enough(n: int, tr: float, target_tr: float, frames: int) -> float:
+    """Seconds of slack between the scan's duration and the window's span (a ValueError when negative)."""
+    span, duration = (frames - 1) * target_tr, (n - 1) * tr
     if span > duration + 1e-9:
         raise ValueError(
             f"scan of {n} frames at TR {tr}s lasts {duration:.1f}s, shorter than the "
             f"{frames} frames x {target_tr}s window the model needs"
         )
-    start = rng.uniform(0.0, duration - span)
-    times = (start + np.arange(frames) * target_tr) / tr
-    times = np.minimum(times, n - 1)
+    return max(0.0, duration - span)
+
+
+def window_at(series: np.ndarray, tr: float, target_tr: float, frames: int, start: float) -> np.ndarray:
+    """``frames`` frames every ``target_tr`` seconds from ``start`` seconds, linearly interpolated from a
+    scan sampled every ``tr`` seconds (the paper's keep-every-3rd-frame is the case target_tr = 3 tr)."""
+    n = series.shape[1]
+    times = np.minimum((start + np.arange(frames) * target_tr) / tr, n - 1)
     lo = np.floor(times).astype(np.int64)
     hi = np.minimum(lo + 1, n - 1)
     frac = (times - lo).astype(series.dtype)
     return series[:, lo] * (1 - frac) + series[:, hi] * frac
+
+
+def sample_window(
+    series: np.ndarray, tr: float, target_tr: float, frames: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A window at a uniformly random start (the pretraining augmentation)."""
+    slack = _check_long_enough(series.shape[1], tr, target_tr, frames)
+    return window_at(series, tr, target_tr, frames, rng.uniform(0.0, slack))
+
+
+def tiling_windows(series: np.ndarray, tr: float, target_tr: float, frames: int) -> np.ndarray:
+    """(k, R, frames): consecutive windows covering the whole scan, the last one ending at its end
+    (deterministic: used to embed a scan)."""
+    slack = _check_long_enough(series.shape[1], tr, target_tr, frames)
+    step = frames * target_tr
+    starts = list(np.arange(0.0, slack + 1e-9, step))
+    if slack - starts[-1] > 1e-9:
+        starts.append(slack)
+    return np.stack([window_at(series, tr, target_tr, frames, s) for s in starts])

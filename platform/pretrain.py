@@ -19,6 +19,7 @@ import numpy as np
 
 from brainjepa.config import to_dict
 from brainjepa.gradients import GradientArtifact, GradientParams, GradientProvenance, gradient_artifact
+from brainjepa_platform.checkpoints import read_local_checkpoint, run_location
 from brainjepa_platform.cluster import init_ray
 from brainjepa_platform.cohort_fc import SubjectFilter, dataset_group_fc
 from brainjepa_platform.ingest import read_manifest
@@ -68,10 +69,6 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: str) 
             f"{where} holds a run started with other settings ({details}); resume it with the same config, "
             "or choose a new train.name"
         )
-
-
-def run_location(cfg: PretrainConfig) -> Location:
-    return resolve(cfg.train.storage_path).child(cfg.train.name)
 
 
 def resolve_gradients(cfg: PretrainConfig, manifest: dict[str, Any], run_dir: Location) -> GradientArtifact | None:
@@ -157,14 +154,12 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
                      manifest: dict[str, Any], artifact: GradientArtifact | None) -> str:
     """Log the final target encoder as a pyfunc embedding model and register it under the alias."""
     import mlflow
-    import torch
 
     from brainjepa.preprocess import RobustStats
     from brainjepa_platform import tracking
-    from brainjepa_platform.train_loop import ENGINE_FILE
 
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / ENGINE_FILE, map_location="cpu", weights_only=True)
+        state = read_local_checkpoint(Path(d))
     prefix = "target_encoder."
     encoder_state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
     mlflow.set_tracking_uri(tracking_uri)
@@ -174,7 +169,7 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
             gradients=None if artifact is None else artifact.gradients,
             stats=RobustStats.from_dict(manifest["robust_stats"]),
             roi_labels=manifest["atlas"]["roi_labels"], atlas=manifest["atlas"]["name"],
-            registered_name=cfg.tracking.registered_model, alias=cfg.tracking.alias,
+            registered_name=cfg.tracking.registered_model, alias=cfg.tracking.alias, target_tr=cfg.data.target_tr,
         )
 
 
@@ -189,8 +184,10 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     init_ray()
     tracking_uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri()
     ensure_bucket(resolve(cfg.train.storage_path))
-    run_dir = run_location(cfg)
-    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data)
+    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
+    samples_needed = cfg.train.steps * cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
+    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed,
+                                                seed=cfg.train.seed)
     artifact = resolve_gradients(cfg, manifest, run_dir)
     run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
     gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])

@@ -270,8 +270,9 @@ def write_stats(stats: RobustStats | Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def write_rois(roi_labels: list[str], atlas: str, path: Path) -> Path:
-    path.write_text(json.dumps({"atlas": atlas, "labels": [str(x) for x in roi_labels]}))
+def write_rois(roi_labels: list[str], atlas: str, path: Path, target_tr: float | None = None) -> Path:
+    """The input spec: atlas, ROI labels in order and (when known) the TR the model was trained at."""
+    path.write_text(json.dumps({"atlas": atlas, "labels": [str(x) for x in roi_labels], "target_tr": target_tr}))
     return path
 
 
@@ -332,6 +333,7 @@ def write_bundle(
     stats: RobustStats | Mapping[str, Any],
     roi_labels: list[str],
     atlas: str,
+    target_tr: float | None = None,
 ) -> dict[str, str]:
     """Write the five bundle files into ``directory``; returns the pyfunc ``artifacts`` mapping."""
     stats = _as_stats(stats)
@@ -344,7 +346,7 @@ def write_bundle(
     (directory / CONFIG_FILE).write_text(json.dumps(to_dict(model_cfg)))
     write_gradients(grads if grads is not None else np.zeros((model_cfg.n_rois, 0)), directory / GRADIENTS_FILE)
     write_stats(stats, directory / STATS_FILE)
-    write_rois(list(roi_labels), atlas, directory / ROIS_FILE)
+    write_rois(list(roi_labels), atlas, directory / ROIS_FILE, target_tr)
     return {Path(name).stem: str(directory / name) for name in BUNDLE_FILES}
 
 
@@ -359,6 +361,8 @@ class EncoderBundle:
     roi_labels: list[str]
     atlas: str
     gradients: np.ndarray
+    target_tr: float | None = None
+    """Seconds between the frames the model was pretrained on (None for bundles that did not record it)."""
 
     def check_series(self, series: Any) -> np.ndarray:
         """Raw input as a float array (B, R, T), or a ValueError naming the expected shape."""
@@ -408,7 +412,8 @@ def read_bundle(paths: Mapping[str, str], device: str | torch.device = "cpu") ->
     state = torch.load(paths["encoder_state"], map_location="cpu", weights_only=True)
     encoder.load_state_dict(state)
     encoder.to(device).eval().requires_grad_(False)
-    return EncoderBundle(encoder, cfg, stats, list(rois["labels"]), str(rois["atlas"]), gradients)
+    return EncoderBundle(encoder, cfg, stats, list(rois["labels"]), str(rois["atlas"]), gradients,
+                         rois.get("target_tr"))
 
 
 class EncoderModel(mlflow.pyfunc.PythonModel):
@@ -463,6 +468,7 @@ def log_encoder(
     name: str = "encoder",
     step: int = 0,
     pip_requirements: list[str] | None = None,
+    target_tr: float | None = None,
 ) -> str:
     """Log the target encoder as a pyfunc in the active run, register a new version of
     ``registered_name``, point ``alias`` at it and return the version (a string)."""
@@ -473,7 +479,7 @@ def log_encoder(
         raise ValueError(f"extra_artifacts keys {sorted(clash)} clash with the encoder bundle's files")
     with tempfile.TemporaryDirectory(prefix="brainjepa-encoder-") as tmp:
         artifacts = write_bundle(
-            Path(tmp), target_encoder_state(engine_or_state), model_cfg, gradients, stats, roi_labels, atlas
+            Path(tmp), target_encoder_state(engine_or_state), model_cfg, gradients, stats, roi_labels, atlas, target_tr
         )
         code = Path(tmp) / "brainjepa_encoder_model.py"
         code.write_text(MODEL_CODE)

@@ -6,7 +6,6 @@ rank reports, so Ray Train keeps the latest checkpoint and restores it after a w
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -19,11 +18,9 @@ import torch
 
 from brainjepa.config import from_dict
 from brainjepa.jepa import BrainJEPA, PretrainEngine, autocast_context, jepa_loss
+from brainjepa_platform.checkpoints import latest_intact, read_local_checkpoint, run_location, write_checkpoint_dir
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.streaming import MaskingCollate
-
-ENGINE_FILE = "engine.pt"
-META_FILE = "meta.json"
 
 
 class MetricsLogger:
@@ -96,20 +93,26 @@ def save_checkpoint(engine: PretrainEngine, meta: dict[str, Any], metrics: dict[
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="brainjepa-ckpt-") as tmp:
-        engine.save(Path(tmp) / ENGINE_FILE)
-        (Path(tmp) / META_FILE).write_text(json.dumps({**meta, "step": engine.step}))
+        write_checkpoint_dir(Path(tmp), engine.state_dict(), meta)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def restore(engine: PretrainEngine) -> bool:
-    """Load the latest reported checkpoint, if Ray Train hands one to this (re)started worker."""
+def restore(engine: PretrainEngine, cfg: PretrainConfig) -> bool:
+    """Load the newest checkpoint of this run: the one Ray Train hands to this (re)started worker, or a
+    newer intact one found in the run's storage (uploaded, but not yet registered when the run failed)."""
     import ray.train
 
+    states = []
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            states.append(read_local_checkpoint(Path(d)))
+    found = latest_intact(run_location(cfg.train.storage_path, cfg.train.name))
+    if found is not None:
+        states.append(found[0])
+    if not states:
         return False
-    with checkpoint.as_directory() as d:
-        engine.load(Path(d) / ENGINE_FILE)
+    engine.load_state_dict(max(states, key=lambda s: s["step"]))
     return True
 
 
@@ -134,7 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     engine = build_engine(cfg, config.get("gradients"))
-    resumed_from = engine.step if restore(engine) else None
+    resumed_from = engine.step if restore(engine, cfg) else None
     logger = MetricsLogger(config.get("tracking_uri", ""), config.get("run_id", ""), enabled=rank == 0)
     if resumed_from is not None:
         logger.log({"resumed_from_step": resumed_from}, step=resumed_from)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import psutil
@@ -135,3 +138,47 @@ def test_subject_split_has_no_leak() -> None:
         out = sample_windows(batch, spec)["series"]
         expected = sum(1 for s in subjects[:20] if is_validation(s, 0.2, 0) == validation)
         assert out.shape == (expected * (2 if not validation else 2), 3, 16)
+
+
+def _second_checkpoint_upload(seen: list[bytes]):
+    def trigger(chunk: bytes) -> bool:
+        request_line = chunk.split(b"\r\n", 1)[0]
+        if request_line.startswith(b"PUT ") and b"engine.pt" in request_line:
+            seen.append(request_line)
+            return len(seen) == 2
+        return False
+    return trigger
+
+
+def test_store_outage_during_checkpoint_keeps_previous_checkpoint(s3_dataset, s3_endpoint, tmp_path,
+                                                                   monkeypatch) -> None:
+    """The object store stops answering while the step-8 checkpoint uploads: the run fails with the store's
+    error, the step-4 checkpoint is intact and loads, and once the store is back a rerun resumes from it."""
+    import torch
+    from s3_outage import OutageProxy
+
+    seen: list[bytes] = []
+    upstream = urlparse(s3_endpoint)
+    proxy = OutageProxy((upstream.hostname, upstream.port), _second_checkpoint_upload(seen))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the run store (and its pickled fs) goes via the proxy
+    tracking, store = f"sqlite:///{tmp_path}/mlflow.db", "s3://pretrain-runs/outage"
+    config = ("train.max_failures=0", "tracking.register=false")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever Ray Train wraps the storage error in
+            run_pretraining(tiny_config(s3_dataset, store, tracking, "outage", *config))
+        assert proxy.triggered.is_set() and len(seen) >= 2, seen
+        proxy.recover()
+        loc = resolve(store).child("outage")
+        metas = [f.path for f in list_files(loc) if f.path.endswith("meta.json")]
+        steps = {json.loads(loc.fs.open_input_stream(m).read())["step"]: m for m in metas}
+        assert 4 in steps, f"previous checkpoint missing: {sorted(steps)}"
+        engine_file = steps[4].replace("meta.json", "engine.pt")
+        with loc.fs.open_input_stream(engine_file) as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        assert state["step"] == 4 and state["model"], "the step-4 checkpoint does not load"
+        again = run_pretraining(tiny_config(s3_dataset, store, tracking, "outage", *config))
+    finally:
+        proxy.close()
+    assert again.steps == 12
+    resumed = metric_steps(tracking, again.run_id, "resumed_from_step")
+    assert resumed == [4], resumed
