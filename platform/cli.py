@@ -71,7 +71,19 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Small single-process pretraining on a synthetic cohort; prints the loss falling."""
+    """The whole pipeline end to end on embedded defaults (see brainjepa_platform.demo)."""
+    from brainjepa_platform.demo import DemoOptions, run_demo
+
+    targets = tuple(t for t in args.targets.split(",") if t)
+    demo = run_demo(DemoOptions(subjects=args.subjects, minutes=args.minutes, out=args.out, workers=args.workers,
+                                targets=targets, seeds=args.seeds))
+    print()
+    print(demo.summary())
+    return 0
+
+
+def cmd_pretrain_local(args: argparse.Namespace) -> int:
+    """Small single-process pretraining on a synthetic cohort (no Ray); prints the loss falling."""
     from brainjepa.config import load_config
     from brainjepa.local import LocalPretrainConfig, run_local_pretraining
     from brainjepa.masks import MaskCollator
@@ -172,12 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_bench_step)
 
-    p = sub.add_parser("demo", help="tiny local pretraining on synthetic data (grows into the full pipeline)")
+    p = sub.add_parser("demo", help="the whole pipeline end to end: synth -> ingest -> gradients -> pretrain -> "
+                                    "register -> evaluate, with pictures")
+    p.add_argument("--subjects", type=int, default=40, help="synthetic subjects (some have 2 sessions or runs)")
+    p.add_argument("--minutes", type=float, default=4.0, help="approximate pretraining budget")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--targets", default="coupling,age", help="phenotypes to evaluate, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="repeated subject-level splits per evaluation")
+    p.add_argument("--out", default="demo-output", help="folder for everything the demo makes")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain-local", help="single-process pretraining on synthetic data (no Ray), loss curve")
     p.add_argument("--config", help="YAML config (LocalPretrainConfig); defaults are built in")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides the config)")
-    p.add_argument("--out", default="demo-output", help="folder for the config, checkpoint and pictures")
+    p.add_argument("--out", default="local-output", help="folder for the config, checkpoint and pictures")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_pretrain_local)
 
     p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix -> versioned artifact")
     p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI)")
@@ -194,10 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_gradients)
 
-    from brainjepa_platform import cli_data, cli_train
+    from brainjepa_platform import cli_data, cli_eval, cli_submit, cli_train
 
     cli_data.register(sub)
     cli_train.register(sub)
+    cli_eval.register(sub)
+    cli_submit.register(sub)
     return parser
 
 

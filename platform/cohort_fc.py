@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainjepa.gradients import pearson_fc
-from brainjepa_platform.ingest import read_manifest, shard_locations
+from brainjepa_platform.ingest import read_manifest
+from brainjepa_platform.shard_stream import shard_dataset
 
 Z_CLIP = 0.999999
 
@@ -56,8 +57,7 @@ def dataset_group_fc(uri: str, subject_filter: SubjectFilter | None = None) -> t
 
     manifest = read_manifest(uri)
     r = manifest["atlas"]["n_rois"]
-    loc, paths = shard_locations(uri)
-    ds = ray.data.read_parquet(paths, filesystem=loc.fs, columns=["subject", "n_rois", "series"])
+    ds = shard_dataset(uri, ["subject", "n_rois", "series"])
     parts = ds.map_batches(FisherZSum, fn_constructor_kwargs={"subject_filter": subject_filter or SubjectFilter()},
                            batch_format="numpy", batch_size=32, compute=ray.data.ActorPoolStrategy(size=1),
                            num_cpus=0.5)

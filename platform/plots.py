@@ -97,3 +97,34 @@ def plot_gradients(
     scree.set_title("scree")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_evaluation(last: dict, task: str, target: str, path: str | Path) -> Path:
+    """Test-set predictions of each feature set (one seed): ROC curves for a binary target, predicted vs
+    true for a regression target, per-class recall bars otherwise."""
+    from sklearn.metrics import recall_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, result in last.items():
+        if task == "regression":
+            label = f"{name} (r={result.metrics['pearson_r']:.2f})"
+            ax.scatter(result.y_true, result.y_pred, s=12, alpha=0.7, label=label)
+        elif result.classes is not None and len(result.classes) == 2:
+            fpr, tpr, _ = roc_curve(result.y_true == result.classes[1], result.y_score[:, 1])
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {result.metrics['auroc']:.2f})")
+        else:
+            recall = recall_score(result.y_true, result.y_pred, labels=result.classes, average=None, zero_division=0)
+            ax.plot(np.arange(len(recall)), recall, marker="o", label=name)
+    if task == "regression":
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        ax.set(xlabel=f"true {target}", ylabel=f"predicted {target}")
+    elif all(r.classes is not None and len(r.classes) == 2 for r in last.values()):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    else:
+        ax.set(xlabel="class", ylabel="recall")
+    ax.set_title(f"{target}: test set")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -47,8 +47,8 @@ def test_bench_step_prints_mfu_fields() -> None:
     assert result["mfu"] == pytest.approx(result["achieved_gflops"] / result["matmul_peak_gflops"])
 
 
-def test_demo_trains_and_writes_artifacts(tmp_path) -> None:
-    out = run("demo", "--steps", "30", "--out", str(tmp_path / "demo"), "batch_size=8", "subjects=12")
+def test_local_pretraining_trains_and_writes_artifacts(tmp_path) -> None:
+    out = run("pretrain-local", "--steps", "30", "--out", str(tmp_path / "demo"), "batch_size=8", "subjects=12")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Loss fell from" in out.stdout
     for name in ("config.yaml", "checkpoint.pt", "masks.png", "training_curves.png"):

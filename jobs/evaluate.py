@@ -1,0 +1,14 @@
+"""Ray job entry point for downstream evaluation.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python jobs/evaluate.py --model models:/brainjepa-encoder@current --data s3://bucket/cohort --target age
+
+Runs inside the cluster (RAY_ADDRESS is set by the job), exactly as `brainjepa evaluate`.
+"""
+
+import sys
+
+from brainjepa_platform.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

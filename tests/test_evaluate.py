@@ -1,0 +1,116 @@
+"""Embedding and evaluation from the registry, on a real local Ray cluster and a sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from brainjepa.model import BrainEncoder, ModelConfig
+from brainjepa.preprocess import RobustStats, tiling_windows
+from brainjepa_platform.cli import main
+from brainjepa_platform.embed import embed_dataset, read_embeddings
+from brainjepa_platform.evaluate import FC, MODEL, RANDOM
+from brainjepa_platform.ingest import read_manifest, shard_locations
+from brainjepa_platform.synth import SynthOptions, write_parquet
+from brainjepa_platform.tracking import load_encoder, log_encoder
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+TARGET_TR = 2.0
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> str:
+    uri = str(tmp_path_factory.mktemp("eval") / "cohort")
+    write_parquet(uri, SynthOptions(subjects=16, rois=24, frames=(100, 140), seed=11))
+    return uri
+
+
+@pytest.fixture(scope="module")
+def registered(cohort: str, tmp_path_factory) -> str:
+    """A (randomly initialised) encoder for the cohort's atlas, registered like pretraining does."""
+    tracking = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    manifest = read_manifest(cohort)
+    cfg = ModelConfig(size="tiny", n_rois=24, frames=32, patch=8, n_gradients=4)
+    gradients = np.random.default_rng(0).standard_normal((24, 4)).astype(np.float32)
+    torch.manual_seed(1)
+    encoder = BrainEncoder(cfg, torch.from_numpy(gradients))
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run():
+        log_encoder(encoder.state_dict(), cfg, gradients, manifest["robust_stats"], manifest["atlas"]["roi_labels"],
+                    manifest["atlas"]["name"], registered_name="eval-encoder", alias="current", target_tr=TARGET_TR)
+    return tracking
+
+
+def first_scan(uri: str) -> tuple[str, np.ndarray, float]:
+    loc, paths = shard_locations(uri)
+    table = pq.read_table(paths[0], filesystem=loc.fs, columns=["scan_id", "tr", "n_rois", "series"]).to_pylist()
+    row = min(table, key=lambda r: r["scan_id"])
+    return row["scan_id"], np.asarray(row["series"], np.float32).reshape(row["n_rois"], -1), row["tr"]
+
+
+def test_embed_cli_writes_every_scan_matching_a_direct_computation(cohort, registered, tmp_path) -> None:
+    mlflow.set_tracking_uri(registered)
+    out = tmp_path / "emb"
+    assert main(["embed", "--model", "models:/eval-encoder@current", "--data", cohort, "--out", str(out),
+                 "--per-roi"]) == 0
+    table = read_embeddings(str(out))
+    meta = json.loads((out / "embeddings.json").read_text())
+    n_scans = read_manifest(cohort)["counts"]["scans"]
+    assert len(table) == meta["scans"] == n_scans and meta["dim"] == 64 and not meta["skipped"]
+    assert list(table["scan_id"]) == sorted(table["scan_id"])
+    assert {"age", "sex", "coupling", "subject"} <= set(table.columns)
+    # the first scan by hand: tiling windows at the model's TR, the dataset's scaling, mean over windows and tokens
+    bundle = load_encoder("models:/eval-encoder@current")
+    scan_id, series, tr = first_scan(cohort)
+    stats = RobustStats.from_dict(read_manifest(cohort)["robust_stats"])
+    windows = np.stack([stats.scale(w) for w in tiling_windows(series, tr, TARGET_TR, 32)])
+    with torch.no_grad():
+        tokens = bundle.encoder(torch.from_numpy(windows)).numpy()
+    row = table.set_index("scan_id").loc[scan_id]
+    np.testing.assert_allclose(np.asarray(row["embedding"]), tokens.mean(axis=(0, 1)), rtol=1e-4, atol=1e-5)
+    per_roi = np.asarray(row["per_roi"]).reshape(24, 64)
+    np.testing.assert_allclose(per_roi, tokens.reshape(len(windows), 24, 4, 64).mean(axis=(0, 2)), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_embed_refuses_a_dataset_of_another_atlas(registered, tmp_path) -> None:
+    other = str(tmp_path / "other")
+    write_parquet(other, SynthOptions(subjects=3, rois=20, frames=(100, 120), seed=2))
+    mlflow.set_tracking_uri(registered)
+    bundle = load_encoder("models:/eval-encoder@current")
+    with pytest.raises(ValueError, match="20 ROIs .* trained on 24 ROIs"):
+        embed_dataset(bundle, other)
+
+
+def test_evaluate_cli_compares_model_random_and_fc(cohort, registered, tmp_path) -> None:
+    mlflow.set_tracking_uri(registered)
+    out = tmp_path / "evaluation"
+    code = main(["evaluate", "--model", "models:/eval-encoder@current", "--data", cohort, "--target", "sex",
+                 "--seeds", "2", "--out", str(out), f"tracking_uri={registered}"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "classification" and results["features"] == [MODEL, RANDOM, FC]
+    for name in (MODEL, RANDOM, FC):
+        assert set(results["summary"][name]) == {"accuracy", "balanced_accuracy", "f1", "auroc"}
+        assert len(results["per_seed"][name]) == 2
+    assert (out / "evaluation-sex.png").stat().st_size > 0 and "balanced_accuracy" in (out / "table.txt").read_text()
+    client = MlflowClient(registered)
+    runs = client.search_runs([client.get_experiment_by_name("brainjepa-evaluate").experiment_id])
+    metrics = runs[0].data.metrics
+    assert {f"{MODEL}.accuracy.mean", f"{RANDOM}.auroc.std", f"{FC}.f1.mean"} <= set(metrics)
+    assert runs[0].data.params["target"] == "sex"
+
+
+def test_evaluate_unknown_target_names_the_columns(cohort, registered, tmp_path, capsys) -> None:
+    mlflow.set_tracking_uri(registered)
+    code = main(["evaluate", "--model", "models:/eval-encoder@current", "--data", cohort, "--target", "iq",
+                 "--seeds", "1", "--out", str(tmp_path / "e"), f"tracking_uri={registered}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'iq' is not a phenotype column" in err and "coupling" in err
