@@ -216,12 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_gradients)
 
-    from brainjepa_platform import cli_data, cli_eval, cli_submit, cli_train
+    from brainjepa_platform import cli_data, cli_eval, cli_submit, cli_sweep, cli_train
 
     cli_data.register(sub)
     cli_train.register(sub)
     cli_eval.register(sub)
     cli_submit.register(sub)
+    cli_sweep.register(sub)
     return parser
 
 

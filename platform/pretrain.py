@@ -129,7 +129,9 @@ def start_or_resume_run(cfg: PretrainConfig, tracking_uri: str, run_dir: Locatio
     return run_id
 
 
-def make_trainer(cfg: PretrainConfig, datasets: dict[str, Any], loop_config: dict[str, Any]) -> Any:
+def make_trainer(cfg: PretrainConfig, datasets: dict[str, Any], loop_config: dict[str, Any],
+                 callbacks: list[Any] | None = None) -> Any:
+    """The TorchTrainer of a run (``callbacks``: Ray Train user callbacks, e.g. Tune's report callback)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -139,7 +141,7 @@ def make_trainer(cfg: PretrainConfig, datasets: dict[str, Any], loop_config: dic
     run_config = ray.train.RunConfig(
         name=cfg.train.name, storage_path=root.path, storage_filesystem=root.fs,
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
     )
     from brainjepa_platform.train_loop import train_loop_per_worker
 

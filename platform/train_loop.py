@@ -162,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             report = {"step": step, "loss": metrics["loss"]}
             if rank == 0:
+                report.update({k: metrics[k] for k in ("target_std", "target_rank") if k in metrics})
                 report["val_loss"] = validation_loss(engine, val, cfg)
                 logger.log({"val_loss": report["val_loss"]}, step=step)
             save_checkpoint(engine, meta, report, rank)

@@ -1,0 +1,51 @@
+"""``brainjepa sweep``: a Ray Tune sweep over pretraining settings from a YAML config + overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+INTERRUPTED = 130  # like a shell's exit status after Ctrl+C: rerun the command to resume
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from brainjepa_platform.sweep import describe, run_sweep
+    from brainjepa_platform.sweep_config import load_sweep_config
+
+    cfg = load_sweep_config(args.config, args.overrides)
+    result = run_sweep(cfg)
+    print(describe(result, cfg.objective), end="")
+    return 0 if result.completed else INTERRUPTED
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/sweep/masking.yaml", help="YAML config (SweepConfig)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. pretrain.data.dataset=s3://bucket/cohort search=random "
+                        "num_samples=8 scheduler.kind=asha objective.target=age")
+    p.set_defaults(func=cmd_sweep)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="Ray Tune sweep over pretraining settings (masking ratios, gradients, lr), "
+                                     "scored by a linear probe, tracked in MLflow")
+    add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``jobs/sweep.py``), with the error handling of ``brainjepa``."""
+    from brainjepa.config import ConfigError
+    from brainjepa_platform.storage import StorageError
+
+    parser = argparse.ArgumentParser(prog="brainjepa sweep", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, StorageError) as exc:
+        print(f"brainjepa sweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
