@@ -1,6 +1,6 @@
 """Ray job entry point for downstream evaluation.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+    ray job submit --address http://HEAD:8265 --runtime-env-json '{"working_dir": "local:///home/ray/brainjepa"}' -- \\
         python jobs/evaluate.py --model models:/brainjepa-encoder@current --data s3://bucket/cohort --target age
 
 Runs inside the cluster (RAY_ADDRESS is set by the job), exactly as `brainjepa evaluate`.

@@ -1,6 +1,7 @@
 """Ray job entry point for a Ray Tune sweep.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+    brainjepa submit sweep --address http://HEAD:8265 --config configs/sweep/masking.yaml ...
+    ray job submit --address http://HEAD:8265 --runtime-env-json '{"working_dir": "local:///home/ray/brainjepa"}' -- \\
         python jobs/sweep.py --config configs/sweep/masking.yaml pretrain.data.dataset=s3://bucket/ukb \\
         storage_path=s3://bucket/sweeps
 
@@ -10,7 +11,7 @@ same command again resumes an interrupted sweep.
 
 import sys
 
-from brainjepa_platform.cli_sweep import main
+from brainjepa_platform.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["sweep", *sys.argv[1:]]))

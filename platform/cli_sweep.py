@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 INTERRUPTED = 130  # like a shell's exit status after Ctrl+C: rerun the command to resume
 
@@ -30,22 +29,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="Ray Tune sweep over pretraining settings (masking ratios, gradients, lr), "
                                      "scored by a linear probe, tracked in MLflow")
     add_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``jobs/sweep.py``), with the error handling of ``brainjepa``."""
-    from brainjepa.config import ConfigError
-    from brainjepa_platform.storage import StorageError
-
-    parser = argparse.ArgumentParser(prog="brainjepa sweep", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, StorageError) as exc:
-        print(f"brainjepa sweep: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -175,6 +175,32 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
         )
 
 
+@dataclass
+class PreparedRun:
+    """Everything a run's trainer needs: the streaming datasets, the dataset manifest, the gradient
+    artifact, the MLflow run (created or reused) and the config handed to every worker."""
+
+    datasets: dict[str, Any]
+    manifest: dict[str, Any]
+    artifact: GradientArtifact | None
+    run_id: str
+    gradients: np.ndarray | None
+    loop_config: dict[str, Any]
+
+
+def prepare_run(cfg: PretrainConfig, tracking_uri: str) -> PreparedRun:
+    """Datasets, gradients and the MLflow run of ``cfg`` (resumed when its run directory exists)."""
+    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
+    samples_needed = cfg.train.steps * cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
+    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed,
+                                                seed=cfg.train.seed)
+    artifact = resolve_gradients(cfg, manifest, run_dir)
+    run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
+    gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
+    loop_config = {"cfg": to_dict(cfg), "gradients": gradients, "run_id": run_id, "tracking_uri": tracking_uri}
+    return PreparedRun({"train": train_ds, "val": val_ds}, manifest, artifact, run_id, gradients, loop_config)
+
+
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain on ``cfg.data.dataset``; resume when the same run already has checkpoints."""
     from brainjepa_platform import tracking
@@ -186,20 +212,13 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     init_ray()
     tracking_uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri()
     ensure_bucket(resolve(cfg.train.storage_path))
-    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
-    samples_needed = cfg.train.steps * cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
-    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed,
-                                                seed=cfg.train.seed)
-    artifact = resolve_gradients(cfg, manifest, run_dir)
-    run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
-    gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
-    loop_config = {"cfg": to_dict(cfg), "gradients": gradients, "run_id": run_id, "tracking_uri": tracking_uri}
-    result = make_trainer(cfg, {"train": train_ds, "val": val_ds}, loop_config).fit()
+    run = prepare_run(cfg, tracking_uri)
+    result = make_trainer(cfg, run.datasets, run.loop_config).fit()
     if result.error is not None:
         raise result.error
     version = None
     if cfg.tracking.register and result.checkpoint is not None:
-        version = register_encoder(cfg, tracking_uri, run_id, result.checkpoint, manifest, artifact)
-    return PretrainResult(run_id=run_id, steps=int(result.metrics.get("step", 0)),
+        version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact)
+    return PretrainResult(run_id=run.run_id, steps=int(result.metrics.get("step", 0)),
                           checkpoint=None if result.checkpoint is None else result.checkpoint.path,
                           model_version=version, metrics=dict(result.metrics))

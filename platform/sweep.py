@@ -35,9 +35,9 @@ from brainjepa_platform.checkpoints import read_local_checkpoint, run_location
 from brainjepa_platform.pretrain import (
     RESUMABLE_CHANGES,
     make_trainer,
+    prepare_run,
     register_encoder,
     resolve_gradients,
-    start_or_resume_run,
 )
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.storage import Location, ensure_bucket, exists, read_json, resolve, write_bytes, write_json
@@ -199,27 +199,18 @@ def tag_child_run(context: TrialContext, run_id: str, trial_id: str, params: dic
 
 def fit_trial(cfg: PretrainConfig, context: TrialContext, params: dict[str, Any], trial_id: str) -> dict[str, Any]:
     """Train the trial (resuming its Ray Train run when it exists) and score it; returns the final report."""
-    from brainjepa_platform.streaming import build_datasets
-
-    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
-    per_step = cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
-    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data, cfg.train.steps * per_step,
-                                                seed=cfg.train.seed)
-    artifact = resolve_gradients(cfg, manifest, run_dir)
-    run_id = start_or_resume_run(cfg, context.tracking_uri, run_dir, manifest, artifact)
-    tag_child_run(context, run_id, trial_id, params)
-    gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
-    reports = TrialReports({"mlflow_run_id": run_id, OBJECTIVE: math.nan})
-    loop_config = {"cfg": to_dict(cfg), "gradients": gradients, "run_id": run_id, "tracking_uri": context.tracking_uri}
-    trainer = make_trainer(cfg, {"train": train_ds, "val": val_ds}, loop_config, callbacks=[reports])
+    run = prepare_run(cfg, context.tracking_uri)
+    tag_child_run(context, run.run_id, trial_id, params)
+    reports = TrialReports({"mlflow_run_id": run.run_id, OBJECTIVE: math.nan})
+    trainer = make_trainer(cfg, run.datasets, run.loop_config, callbacks=[reports])
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
         state = read_local_checkpoint(Path(d))
-    scores = trial_objective(cfg, context.objective, state, gradients, manifest)
+    scores = trial_objective(cfg, context.objective, state, run.gradients, run.manifest)
     final = {k: result.metrics[k] for k in ("step", "loss", "val_loss") if k in result.metrics}
-    final.update(scores, **run_monitors(context.tracking_uri, run_id), mlflow_run_id=run_id,
+    final.update(scores, **run_monitors(context.tracking_uri, run.run_id), mlflow_run_id=run.run_id,
                  checkpoint_path=result.checkpoint.path)
-    log_trial_scores(context.tracking_uri, run_id, scores, int(final.get("step", cfg.train.steps)))
+    log_trial_scores(context.tracking_uri, run.run_id, scores, int(final.get("step", cfg.train.steps)))
     reports.wait_until_delivered()
     return final
 

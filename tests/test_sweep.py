@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from brainjepa.config import ConfigError, load_config
-from brainjepa_platform import cli_sweep
+from brainjepa_platform import cli
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.sweep import (
     BEST_CONFIG,
@@ -89,7 +89,7 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsy
     assert math.isfinite(finished[0].objective)
     assert loss_steps(tracking, finished[0].run_id) == list(range(1, 9))
 
-    assert cli_sweep.main(["--config", str(MASKING), *overrides]) == 0  # the same sweep again: restored
+    assert cli.main(["sweep", "--config", str(MASKING), *overrides]) == 0  # the same sweep again: restored
     out = capsys.readouterr().out
     assert "val pearson_r (coupling)" in out and "Best: trial" in out
     state = json.loads((out_dir / "sweep.json").read_text())
