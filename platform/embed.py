@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +25,7 @@ from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import RobustStats, tiling_windows
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.shard_stream import shard_dataset
-from brainjepa_platform.shards import ID_COLUMNS
-from brainjepa_platform.storage import resolve, write_bytes, write_json
+from brainjepa_platform.storage import read_bytes, resolve, write_bytes, write_json
 from brainjepa_platform.tracking import EncoderBundle, target_encoder_state
 
 SERIES_COLUMNS = ["tr", "n_rois", "n_frames", "series"]
@@ -125,22 +123,27 @@ class ScanEmbedder:
         return out
 
 
+def scaled_for(bundle: EncoderBundle, manifest: dict[str, Any], scaling: str) -> EncoderBundle:
+    """The bundle with the robust scaling to apply: the dataset's own statistics, or the model's."""
+    if scaling not in ("dataset", "model"):
+        raise ValueError(f"scaling must be 'dataset' or 'model', got {scaling!r}")
+    if scaling == "model":
+        return bundle
+    return dataclasses.replace(bundle, stats=RobustStats.from_dict(manifest["robust_stats"]))
+
+
 def embed_dataset(bundle: EncoderBundle, dataset_uri: str, *, target_tr: float | None = None,
                   scaling: str = "dataset", per_roi: bool = False, batch_size: int = 32,
                   workers: int = 1) -> Embeddings:
     """Embed every scan of an ingested dataset; ``target_tr`` defaults to the model's pretraining TR."""
     import ray
 
-    if scaling not in ("dataset", "model"):
-        raise ValueError(f"scaling must be 'dataset' or 'model', got {scaling!r}")
     manifest = read_manifest(dataset_uri)
     check_compatible(bundle, manifest, dataset_uri)
-    if scaling == "dataset":
-        bundle = dataclasses.replace(bundle, stats=RobustStats.from_dict(manifest["robust_stats"]))
+    bundle = scaled_for(bundle, manifest, scaling)
     target_tr = target_tr or bundle_target_tr(bundle)
     phenotype_columns = sorted(manifest.get("phenotypes", {}))
-    ids = [c for c in ID_COLUMNS if c in ("scan_id", "subject")]
-    rows = shard_dataset(dataset_uri, ids + phenotype_columns + SERIES_COLUMNS)
+    rows = shard_dataset(dataset_uri, ["scan_id", "subject", *phenotype_columns, *SERIES_COLUMNS])
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     embedded = rows.map_batches(
         ScanEmbedder, fn_constructor_kwargs={"bundle": bundle, "target_tr": target_tr, "per_roi": per_roi,
@@ -197,10 +200,4 @@ def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) 
 
 def read_embeddings(uri: str) -> pd.DataFrame:
     """The table written by :func:`write_embeddings`."""
-    from brainjepa_platform.storage import read_bytes
-
     return pq.read_table(io.BytesIO(read_bytes(resolve(uri).child("embeddings.parquet")))).to_pandas()
-
-
-def describe(emb: Embeddings) -> str:
-    return json.dumps({"scans": len(emb.scan_ids), "dim": int(emb.features.shape[1]), "skipped": len(emb.skipped)})

@@ -22,7 +22,13 @@ import pandas as pd
 from brainjepa.config import to_dict
 from brainjepa.heads import FinetuneConfig
 from brainjepa.preprocess import tiling_windows
-from brainjepa_platform.embed import Embeddings, bundle_target_tr, embed_dataset, random_encoder_bundle
+from brainjepa_platform.embed import (
+    Embeddings,
+    bundle_target_tr,
+    embed_dataset,
+    random_encoder_bundle,
+    scaled_for,
+)
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.probe import ComparisonResult, compare_features, fc_features, infer_task
 from brainjepa_platform.shard_stream import shard_dataset
@@ -131,7 +137,8 @@ def run_evaluation(cfg: EvaluateConfig, bundle: EncoderBundle) -> Evaluation:
     features = {MODEL: model_emb.features[keep], RANDOM: random_emb.features[keep], FC: fc_dataset(cfg.data, scan_ids)}
     comparison = compare_features(features, subjects, y, task, seeds, cfg.fractions, split_column)
     if cfg.mode == "finetune":
-        comparison = finetune_comparison(cfg, bundle, scan_ids, subjects, y, task, seeds, split_column, comparison)
+        comparison = finetune_comparison(cfg, bundle, target_tr, scan_ids, subjects, y, task, seeds, split_column,
+                                         comparison)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"table": str(out / "table.txt"), "results": str(out / "results.json"),
@@ -145,19 +152,13 @@ def run_evaluation(cfg: EvaluateConfig, bundle: EncoderBundle) -> Evaluation:
     return Evaluation(comparison, cfg.target, len(scan_ids), int((~keep).sum()), files)
 
 
-def finetune_comparison(cfg: EvaluateConfig, bundle: EncoderBundle, scan_ids: list[str], subjects: list[str],
-                        y: np.ndarray, task: str, seeds: list[int], split_column: list[str] | None,
-                        linear: ComparisonResult) -> ComparisonResult:
+def finetune_comparison(cfg: EvaluateConfig, bundle: EncoderBundle, target_tr: float, scan_ids: list[str],
+                        subjects: list[str], y: np.ndarray, task: str, seeds: list[int],
+                        split_column: list[str] | None, linear: ComparisonResult) -> ComparisonResult:
     """Fine-tuned model and random encoder next to the linear FC baseline (same splits per seed)."""
-    import dataclasses
-
     from brainjepa_platform.finetune import compare_finetune
 
-    target_tr = cfg.target_tr or bundle_target_tr(bundle)
-    if cfg.scaling == "dataset":
-        from brainjepa.preprocess import RobustStats
-
-        bundle = dataclasses.replace(bundle, stats=RobustStats.from_dict(read_manifest(cfg.data)["robust_stats"]))
+    bundle = scaled_for(bundle, read_manifest(cfg.data), cfg.scaling)
     windows, index = scan_windows(cfg.data, bundle, scan_ids, target_tr)
     tuned = compare_finetune({MODEL: bundle, RANDOM: random_encoder_bundle(bundle)}, windows, index, subjects, y,
                              task, seeds, cfg.fractions, cfg.finetune, split_column=split_column,
