@@ -86,6 +86,10 @@ class BrainEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
         init_weights(self, self.blocks, cfg.init_std)
+        # A patch has only `patch` values (16 frames, not a 768-value image patch): with the ViT's
+        # 0.02 init the data would be ~2% of each token's variance next to the positional code, a
+        # near data-blind start that collapses to position-only targets. Xavier, as MAE does.
+        nn.init.xavier_uniform_(self.patch_embed.weight)
 
     def check_input(self, series: torch.Tensor) -> None:
         """Raise a clear error when ``series`` is not (B, n_rois, frames)."""

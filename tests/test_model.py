@@ -58,6 +58,20 @@ def test_encoder_encodes_only_given_tokens(tiny_cfg, tiny_gradients) -> None:
     assert enc(x, some).shape == (3, 3, tiny_cfg.dim)
 
 
+def test_data_is_not_drowned_by_the_positional_code_at_init(tiny_cfg, tiny_gradients) -> None:
+    """Robust-scaled input (unit scale) must move the tokens about as much as the position does."""
+    torch.manual_seed(0)
+    encoder = BrainEncoder(tiny_cfg, tiny_gradients)
+    series = torch.randn(16, tiny_cfg.n_rois, tiny_cfg.frames)
+    data_part = encoder.patch_embed(series.reshape(16, tiny_cfg.n_tokens, tiny_cfg.patch))
+    assert data_part.std() > 0.3 * encoder.pos_embed().std()
+    with torch.no_grad():
+        tokens = encoder(series)
+    across_samples = tokens.var(dim=0).mean()
+    across_positions = tokens.mean(dim=0).var(dim=0).mean()
+    assert across_samples > 0.5 * across_positions
+
+
 def test_encoder_rejects_wrong_shape(tiny_cfg, tiny_gradients) -> None:
     enc = BrainEncoder(tiny_cfg, tiny_gradients)
     with pytest.raises(ValueError, match=r"23 ROIs, 48 frames"):
