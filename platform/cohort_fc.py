@@ -25,7 +25,7 @@ class SubjectFilter:
     split_seed: int = 0
 
     def keep(self, subject: str) -> bool:
-        from brainjepa_platform.streaming import is_validation
+        from brainjepa_platform.windows import is_validation
 
         return self.val_fraction <= 0 or not is_validation(subject, self.val_fraction, self.split_seed)
 

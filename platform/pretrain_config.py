@@ -23,8 +23,13 @@ class DataConfig:
     split_seed: int = 0
     windows_per_scan: int = 1
     """Random windows cut from each training scan per epoch (the paper: 1)."""
-    shuffle_buffer: int = 64
-    """Local shuffle buffer (rows) per worker."""
+    shuffle_buffer: int = 0
+    """Ray Data local shuffle buffer (rows) per worker, on top of the windows' shuffle inside each
+    block (``windows.sample_windows``); 0 (default) skips it: it copies every batch in the training
+    process and cut input throughput by about a third (``benchmarks/pretrain_input.py``)."""
+    task_cpus: float = 1.0
+    """CPUs per Ray Data task that reads a shard and cuts its windows (Ray's default). 0.25 ran up
+    to 16 tasks at once on a 2-core machine and starved every one of them: 3x lower throughput."""
     prefetch_batches: int = 4
 
 

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.storage import Location, resolve
 
 
@@ -42,9 +41,12 @@ def shard_order(n_shards: int, passes: int, seed: int) -> list[tuple[int, int]]:
     return [(k, int(i)) for k in range(passes) for i in rng.permutation(n_shards)]
 
 
-def shard_dataset(uri: str, columns: list[str], passes: int = 1, seed: int = 0) -> Any:
-    """A Ray Dataset of the rows of every committed shard of ``uri``, ``passes`` times over."""
+def shard_dataset(uri: str, columns: list[str], passes: int = 1, seed: int = 0, num_cpus: float = 0.25) -> Any:
+    """A Ray Dataset of the rows of every committed shard of ``uri``, ``passes`` times over
+    (``num_cpus`` per read task: give the tasks fused after it the same, so they run as one)."""
     import ray
+
+    from brainjepa_platform.ingest import read_manifest  # driver side only: keeps pandas out of the read tasks
 
     shards = [s["path"] for s in read_manifest(uri)["shards"]]
     if not shards:
@@ -53,4 +55,4 @@ def shard_dataset(uri: str, columns: list[str], passes: int = 1, seed: int = 0) 
     # one block per shard read, so reads run in parallel and stream in order
     listing = ray.data.from_items(items, override_num_blocks=len(items))
     return listing.map_batches(read_shards, fn_kwargs={"uri": uri, "columns": columns}, batch_size=1,
-                               batch_format="numpy", num_cpus=0.25)
+                               batch_format="numpy", num_cpus=num_cpus)

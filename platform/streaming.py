@@ -2,16 +2,14 @@
 
 Scans are split into training and validation by subject (a hash of the subject id, so no subject is
 in both). Shards are read from the manifest's list (``shard_stream``), as many passes as the run
-needs in one streaming execution; ``sample_windows`` (a Ray Data map over shards) cuts random
-windows per scan at the model's TR and applies the dataset's robust scaling; the mask collator runs
+needs in one streaming execution; ``windows.sample_windows`` (a Ray Data map over shards) cuts
+random windows per scan at the model's TR and applies the dataset's robust scaling; the mask collator runs
 in the iterator's collate function, i.e. in Ray Data's prefetch threads, never in the training loop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,52 +17,13 @@ import torch
 
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import ModelConfig
-from brainjepa.preprocess import RobustStats, sample_window
+from brainjepa.preprocess import RobustStats
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.pretrain_config import DataConfig
 from brainjepa_platform.shard_stream import shard_dataset
+from brainjepa_platform.windows import StreamSpec, sample_windows
 
 READ_COLUMNS = ["subject", "tr", "n_rois", "n_frames", "series"]
-
-
-def is_validation(subject: str, fraction: float, seed: int) -> bool:
-    """Deterministic subject-level split: the same subject always lands on the same side."""
-    digest = hashlib.sha1(f"{seed}:{subject}".encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32 < fraction
-
-
-@dataclass
-class StreamSpec:
-    """What the window sampler needs (picklable)."""
-
-    n_rois: int
-    frames: int
-    target_tr: float
-    stats: RobustStats
-    validation: bool
-    val_fraction: float
-    split_seed: int
-    windows_per_scan: int = 1
-
-
-def sample_windows(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np.ndarray]:
-    """Ray Data UDF: a block of scans -> (k, R, frames) float32 windows of one split.
-
-    Each scan of the split gives ``windows_per_scan`` windows at random starts, fresh every epoch
-    (the random start is the augmentation); masks, drawn later, are reproducible from the seed.
-    """
-    s = spec
-    subjects = [str(x) for x in batch["subject"]]
-    keep = [i for i, sub in enumerate(subjects) if is_validation(sub, s.val_fraction, s.split_seed) == s.validation]
-    rng = np.random.default_rng()
-    windows = np.empty((len(keep) * s.windows_per_scan, s.n_rois, s.frames), dtype=np.float32)
-    for j, i in enumerate(keep):
-        n_rois, n_frames = int(batch["n_rois"][i]), int(batch["n_frames"][i])
-        series = np.asarray(batch["series"][i], dtype=np.float32).reshape(n_rois, n_frames)
-        for k in range(s.windows_per_scan):
-            window = sample_window(series, float(batch["tr"][i]), s.target_tr, s.frames, rng)
-            windows[j * s.windows_per_scan + k] = s.stats.scale(window)
-    return {"series": windows}
 
 
 MAX_SHARD_READS = 20_000
@@ -114,11 +73,11 @@ def build_datasets(dataset_uri: str, model: ModelConfig, data: DataConfig,
         passes = 1 if validation else passes_needed(manifest, data, samples_needed)
         spec = StreamSpec(model.n_rois, model.frames, data.target_tr, stats, validation, data.val_fraction,
                           data.split_seed, 1 if validation else data.windows_per_scan)
-        rows = shard_dataset(dataset_uri, READ_COLUMNS, passes=passes, seed=seed)
-        # tasks with fractional CPUs: the sampler is light, and whole CPUs (or actor pools started
-        # every epoch) would starve the trainers on small machines
+        rows = shard_dataset(dataset_uri, READ_COLUMNS, passes=passes, seed=seed, num_cpus=data.task_cpus)
+        # read + cut windows fuse into one task per shard (same num_cpus); tasks, not an actor pool,
+        # so nothing idles between passes
         splits.append(rows.map_batches(sample_windows, fn_kwargs={"spec": spec}, batch_format="numpy",
-                                       batch_size=None, num_cpus=0.25))
+                                       batch_size=None, num_cpus=data.task_cpus))
     return splits[0], splits[1], manifest
 
 

@@ -18,9 +18,9 @@ from brainjepa.config import load_config
 from brainjepa_platform.pretrain import run_pretraining
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.storage import list_files, resolve
-from brainjepa_platform.streaming import StreamSpec, is_validation, sample_windows
 from brainjepa_platform.synth import SynthOptions, write_parquet
 from brainjepa_platform.tracking import load_encoder
+from brainjepa_platform.windows import StreamSpec, is_validation, sample_windows
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 SECRET = "testing-secret-do-not-log"
