@@ -19,23 +19,24 @@ import torch
 
 from brainjepa.local import LocalPretrainConfig, cohort_gradients, run_local_pretraining
 from brainjepa.model import BrainEncoder, ModelConfig
-from brainjepa.preprocess import RobustStats, robust_stats, tiling_windows
+from brainjepa.preprocess import RobustStats, robust_stats
 from brainjepa.schedules import OptimConfig
 from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
+from brainjepa_platform.embed import embed_scan
 from brainjepa_platform.probe import compare_features, fc_features
+from brainjepa_platform.tracking import EncoderBundle
 
 PHENOTYPES = ("coupling", "age")
 
 
 def pooled_features(encoder: BrainEncoder, cohort: SyntheticCohort, stats: RobustStats, target_tr: float) -> np.ndarray:
-    """(n_scans, D): mean over every token of every tiling window of a scan."""
-    frames = encoder.cfg.frames
-    rows = []
-    with torch.no_grad():
-        for series, tr in zip(cohort.series, cohort.tr):
-            windows = torch.from_numpy(stats.scale(tiling_windows(series, tr, target_tr, frames)))
-            rows.append(encoder(windows).mean(dim=(0, 1)).numpy())
-    return np.stack(rows)
+    """(n_scans, D): each scan through ``brainjepa embed``'s own per-scan path (tiling windows, mean pool)."""
+    cfg = encoder.cfg
+    bundle = EncoderBundle(encoder.eval(), cfg, stats, [f"roi-{i}" for i in range(cfg.n_rois)], "synthetic",
+                           encoder.pos_embed.gradients.numpy() if cfg.positional == "gradient" else
+                           np.zeros((cfg.n_rois, 0)), target_tr)
+    return np.stack([embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64)[0]
+                     for series, tr in zip(cohort.series, cohort.tr)])
 
 
 def main() -> None:
@@ -64,9 +65,9 @@ def main() -> None:
 
     stats = robust_stats(cohort.series)
     torch.manual_seed(args.seed + 1)
-    random_encoder = BrainEncoder(model, cohort_gradients(cohort.series, model.n_gradients)).eval()
+    random_encoder = BrainEncoder(model, cohort_gradients(cohort.series, model.n_gradients))
     features = {
-        "brain-jepa": pooled_features(engine.model.target_encoder.eval(), cohort, stats, target_tr),
+        "brain-jepa": pooled_features(engine.model.target_encoder, cohort, stats, target_tr),
         "random-encoder": pooled_features(random_encoder, cohort, stats, target_tr),
         "fc-baseline": fc_features([stats.scale(s) for s in cohort.series]),
     }

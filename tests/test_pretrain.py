@@ -140,6 +140,20 @@ def test_subject_split_has_no_leak() -> None:
         assert out.shape == (expected * (2 if not validation else 2), 3, 16)
 
 
+def test_windows_leave_a_block_shuffled() -> None:
+    """Every kept scan gives its windows, but not grouped by scan in shard order (the local shuffle)."""
+    n = 20
+    batch = {"subject": np.array([f"{i:03d}" for i in range(n)]), "tr": np.full(n, 1.0),
+             "n_rois": np.full(n, 2), "n_frames": np.full(n, 40),
+             "series": np.array([np.full(80, float(i)) for i in range(n)], dtype=object)}
+    from brainjepa.preprocess import RobustStats
+
+    spec = StreamSpec(2, 8, 1.0, RobustStats(np.zeros(2), np.ones(2)), False, 0.0, 0, windows_per_scan=3)
+    order = np.round(sample_windows(batch, spec)["series"][:, 0, 0])  # float32 scaling: 8.999999 -> 9
+    assert sorted(order.tolist()) == [float(i) for i in range(n) for _ in range(3)]
+    assert order.tolist() != sorted(order.tolist())
+
+
 def _second_checkpoint_upload(seen: list[bytes]):
     def trigger(chunk: bytes) -> bool:
         request_line = chunk.split(b"\r\n", 1)[0]
