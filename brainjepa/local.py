@@ -78,12 +78,10 @@ def cohort_gradients(scans: list[np.ndarray], n_components: int) -> torch.Tensor
     return torch.from_numpy(diffusion_map(group_fc(scans), n_components).gradients).float()
 
 
-def run_local_pretraining(
-    cfg: LocalPretrainConfig,
-    cohort: SyntheticCohort | None = None,
-    on_step: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[PretrainEngine, list[dict[str, float]]]:
-    """Pretrain for ``cfg.steps`` optimizer steps; returns the engine and every step's metrics."""
+def local_pretraining(
+    cfg: LocalPretrainConfig, cohort: SyntheticCohort | None = None
+) -> Iterator[tuple[PretrainEngine, dict[str, float]]]:
+    """Pretrain for ``cfg.steps`` optimizer steps, yielding the engine and the metrics after each."""
     torch.manual_seed(cfg.seed)
     if cohort is None:
         cohort = synthetic_cohort(
@@ -98,10 +96,19 @@ def run_local_pretraining(
             cfg.batch_size, cfg.target_tr, cfg.seed,
         )
     )
-    history = []
     for _ in range(cfg.steps):
-        metrics = engine.train_step([next(sampler) for _ in range(cfg.optim.accumulation_steps)])
-        history.append(metrics)
+        yield engine, engine.train_step([next(sampler) for _ in range(cfg.optim.accumulation_steps)])
+
+
+def run_local_pretraining(
+    cfg: LocalPretrainConfig,
+    cohort: SyntheticCohort | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[PretrainEngine, list[dict[str, float]]]:
+    """Pretrain for ``cfg.steps`` optimizer steps; returns the engine and every step's metrics."""
+    history: list[dict[str, float]] = []
+    for step in local_pretraining(cfg, cohort):
+        history.append(step[1])
         if on_step is not None:
-            on_step(metrics)
-    return engine, history
+            on_step(step[1])
+    return step[0], history

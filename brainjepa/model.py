@@ -102,17 +102,34 @@ class BrainEncoder(nn.Module):
 
     def forward(self, series: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
         """``series`` (B, R, T) -> encoded tokens (B, N, D); N = all R*P tokens or ``token_index``'s."""
+        x = self._embed(series, token_index)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def _embed(self, series: torch.Tensor, token_index: torch.Tensor | None) -> torch.Tensor:
+        """Patch embedding + positional code of the tokens to encode: (B, N, D)."""
         self.check_input(series)
-        b = series.shape[0]
-        patches = series.reshape(b, self.cfg.n_tokens, self.cfg.patch)
+        patches = series.reshape(series.shape[0], self.cfg.n_tokens, self.cfg.patch)
         pos = self.pos_embed()
         if token_index is not None:
             patches = gather_tokens(patches, token_index)
             pos = gather_tokens(pos, token_index)
-        x = self.patch_embed(patches) + pos
+        return self.patch_embed(patches) + pos
+
+    @torch.no_grad()
+    def attention_maps(self, series: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's attention probabilities over the full grid: (B, heads, N, N) per block.
+
+        Token n is ROI ``n // n_time_patches`` at time patch ``n % n_time_patches``. A diagnostic:
+        an encoder whose attention stays uniform cannot carry relations between ROIs into its tokens.
+        """
+        x = self._embed(series, None)
+        maps = []
         for block in self.blocks:
+            maps.append(block.attn.weights(block.norm1(x)))
             x = block(x)
-        return self.norm(x)
+        return maps
 
 
 class Predictor(nn.Module):

@@ -22,3 +22,14 @@ def collapse_monitors(reps: torch.Tensor, max_rows: int = 2048) -> dict[str, flo
     p = eig / eig.sum().clamp_min(1e-12)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return {"std": float(std), "rank": float(torch.exp(entropy))}
+
+
+@torch.no_grad()
+def attention_share(maps: list[torch.Tensor], related: torch.Tensor) -> list[float]:
+    """Mean attention mass each query puts on ``related`` keys ((N, N) bool), one value per block.
+
+    ``maps`` as from ``BrainEncoder.attention_maps``. Uniform attention gives ``related``'s density
+    (the chance level, also returned by ``related.float().mean()``).
+    """
+    mask = related.to(maps[0].dtype)
+    return [float((m * mask).sum(-1).mean()) for m in maps]

@@ -11,6 +11,7 @@ from brainjepa.flops import encoder_flops, predictor_flops
 from brainjepa.jepa import BrainJEPA, jepa_loss
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig, Predictor, count_parameters
+from brainjepa.monitors import attention_share
 from brainjepa.positional import GradientPositionalEmbedding, sincos_1d
 
 
@@ -70,6 +71,31 @@ def test_data_is_not_drowned_by_the_positional_code_at_init(tiny_cfg, tiny_gradi
     across_samples = tokens.var(dim=0).mean()
     across_positions = tokens.mean(dim=0).var(dim=0).mean()
     assert across_samples > 0.5 * across_positions
+
+
+def test_attention_maps_are_the_weights_the_encoder_uses(tiny_cfg, tiny_gradients) -> None:
+    torch.manual_seed(0)
+    encoder = BrainEncoder(tiny_cfg, tiny_gradients).eval()
+    series = torch.randn(2, tiny_cfg.n_rois, tiny_cfg.frames)
+    maps = encoder.attention_maps(series)
+    n = tiny_cfg.n_tokens
+    assert [m.shape for m in maps] == [(2, tiny_cfg.heads, n, n)] * tiny_cfg.depth
+    torch.testing.assert_close(maps[1].sum(-1), torch.ones(2, tiny_cfg.heads, n))
+    # block 0's probabilities times its values, through its projection, are its attention output
+    attn = encoder.blocks[0].attn
+    with torch.no_grad():
+        x = encoder.blocks[0].norm1(encoder.patch_embed(series.reshape(2, n, tiny_cfg.patch)) + encoder.pos_embed())
+        _, _, v = attn._qkv(x)
+        mixed = (maps[0] @ v).transpose(1, 2).reshape(2, n, tiny_cfg.dim)
+        torch.testing.assert_close(attn.proj(mixed), attn(x), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_share_is_chance_for_uniform_attention_and_one_when_focused() -> None:
+    related = torch.eye(6, dtype=torch.bool) | torch.eye(6, dtype=torch.bool).roll(1, dims=1)
+    uniform = torch.full((2, 3, 6, 6), 1 / 6)
+    focused = related.float().expand(2, 3, 6, 6) / 2
+    shares = attention_share([uniform, focused], related)
+    assert shares == pytest.approx([float(related.float().mean()), 1.0])
 
 
 def test_encoder_rejects_wrong_shape(tiny_cfg, tiny_gradients) -> None:
