@@ -38,7 +38,7 @@ def pooled_features(encoder: BrainEncoder, cohort: SyntheticCohort, stats: Robus
     """(n_scans, D): each scan through ``brainjepa embed``'s own per-scan path (tiling windows, mean pool)."""
     cfg = encoder.cfg
     bundle = EncoderBundle(encoder.eval(), cfg, stats, [f"roi-{i}" for i in range(cfg.n_rois)], "synthetic",
-                           encoder.pos_embed.gradients.numpy() if cfg.positional == "gradient" else
+                           encoder.pos_embed.gradients.cpu().numpy() if cfg.positional == "gradient" else
                            np.zeros((cfg.n_rois, 0)), target_tr)
     with torch.no_grad():
         return np.stack([embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64)[0]

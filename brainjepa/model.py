@@ -121,8 +121,9 @@ class BrainEncoder(nn.Module):
     def attention_maps(self, series: torch.Tensor) -> list[torch.Tensor]:
         """Each block's attention probabilities over the full grid: (B, heads, N, N) per block.
 
-        Token n is ROI ``n // n_time_patches`` at time patch ``n % n_time_patches``. A diagnostic:
-        an encoder whose attention stays uniform cannot carry relations between ROIs into its tokens.
+        Token n is ROI ``n // n_time_patches`` at time patch ``n % n_time_patches``. A diagnostic
+        (call it in eval mode; memory grows as N^2): an encoder whose attention stays uniform cannot
+        carry relations between ROIs into its tokens.
         """
         x = self._embed(series, None)
         maps = []
