@@ -52,15 +52,11 @@ def same_network_and_time(cohort: SyntheticCohort, n_time_patches: int) -> torch
     return torch.from_numpy((network[:, None] == network[None]) & (patch[:, None] == patch[None]))
 
 
-def attention_locality(encoder: BrainEncoder, cohort: SyntheticCohort, stats: RobustStats, target_tr: float) -> str:
-    """Per block, the attention mass on same-network same-time tokens over each scan's first window."""
-    cfg = encoder.cfg
-    windows = np.stack([stats.scale(tiling_windows(s, tr, target_tr, cfg.frames)[0]) for s, tr in
-                        zip(cohort.series, cohort.tr)])
+def attention_locality(encoder: BrainEncoder, windows: torch.Tensor, related: torch.Tensor) -> str:
+    """Per block, the mean attention mass on ``related`` tokens over ``windows`` (B, R, T)."""
     device = next(encoder.parameters()).device
-    maps = encoder.eval().attention_maps(torch.from_numpy(windows).float().to(device))
-    related = same_network_and_time(cohort, cfg.n_time_patches).to(device)
-    return " ".join(f"{share:.3f}" for share in attention_share(maps, related))
+    maps = encoder.eval().attention_maps(windows.to(device))
+    return " ".join(f"{share:.3f}" for share in attention_share(maps, related.to(device)))
 
 
 class Evaluation:
@@ -76,15 +72,19 @@ class Evaluation:
             "fc-baseline": fc_features([self.stats.scale(s) for s in cohort.series]),
         }
         self.subjects = [f"sub-{i:04d}" for i in range(len(cohort.series))]
-        self.chance = float(same_network_and_time(cohort, model.n_time_patches).float().mean())
+        # attention is read on each scan's first window, against same-network same-time tokens
+        self.windows = torch.from_numpy(np.stack([self.stats.scale(tiling_windows(s, tr, target_tr, model.frames)[0])
+                                                  for s, tr in zip(cohort.series, cohort.tr)])).float()
+        self.related = same_network_and_time(cohort, model.n_time_patches)
+        self.random_locality = attention_locality(self.random_encoder, self.windows, self.related)
+        self.chance = float(self.related.float().mean())
 
     def report(self, encoder: BrainEncoder, metrics: dict[str, float]) -> None:
         """Print the step's monitors, attention locality and the probe table for ``encoder``."""
         print(f"step {int(metrics['step'])}: loss {metrics['loss']:.3f}, target std {metrics['target_std']:.3f}, "
               f"effective rank {metrics['target_rank']:.1f}")
         print(f"  same-network same-time attention per block: model "
-              f"{attention_locality(encoder, self.cohort, self.stats, self.target_tr)} | random "
-              f"{attention_locality(self.random_encoder, self.cohort, self.stats, self.target_tr)} | "
+              f"{attention_locality(encoder, self.windows, self.related)} | random {self.random_locality} | "
               f"chance {self.chance:.3f}")
         features = {"brain-jepa": pooled_features(encoder, self.cohort, self.stats, self.target_tr), **self.fixed}
         for phenotype in PHENOTYPES:

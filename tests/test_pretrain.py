@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from brainjepa.config import load_config
+from brainjepa.preprocess import RobustStats
 from brainjepa_platform.pretrain import run_pretraining
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.storage import list_files, resolve
@@ -130,8 +131,6 @@ def test_subject_split_has_no_leak() -> None:
     assert val == {s for s in subjects if is_validation(s, 0.2, 0)}  # deterministic
     batch = {"subject": np.array(subjects[:20]), "tr": np.full(20, 1.0), "n_rois": np.full(20, 3),
              "n_frames": np.full(20, 50), "series": np.array([np.arange(150.0)] * 20, dtype=object)}
-    from brainjepa.preprocess import RobustStats
-
     stats = RobustStats(np.zeros(3), np.ones(3))
     for validation in (False, True):
         spec = StreamSpec(3, 16, 1.0, stats, validation, 0.2, 0, windows_per_scan=2)
@@ -146,8 +145,6 @@ def test_windows_leave_a_block_shuffled() -> None:
     batch = {"subject": np.array([f"{i:03d}" for i in range(n)]), "tr": np.full(n, 1.0),
              "n_rois": np.full(n, 2), "n_frames": np.full(n, 40),
              "series": np.array([np.full(80, float(i)) for i in range(n)], dtype=object)}
-    from brainjepa.preprocess import RobustStats
-
     spec = StreamSpec(2, 8, 1.0, RobustStats(np.zeros(2), np.ones(2)), False, 0.0, 0, windows_per_scan=3)
     order = np.round(sample_windows(batch, spec)["series"][:, 0, 0])  # float32 scaling: 8.999999 -> 9
     assert sorted(order.tolist()) == [float(i) for i in range(n) for _ in range(3)]
