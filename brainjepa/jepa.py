@@ -21,39 +21,60 @@ from torch import nn
 from brainjepa.config import from_dict, to_dict
 from brainjepa.masks import REGIONS
 from brainjepa.model import BrainEncoder, ModelConfig, Predictor, gather_tokens
-from brainjepa.monitors import collapse_monitors
+from brainjepa.monitors import PositionFloor, collapse_monitors
+from brainjepa.objective import ObjectiveConfig, regularizer_loss
 from brainjepa.schedules import OptimConfig, Schedules
 
 
 class JEPAStudent(nn.Module):
-    """Context encoder + predictor: series and mask indices -> predicted target representations."""
+    """Context encoder + predictor: series and mask indices -> (context tokens, target predictions).
 
-    def __init__(self, encoder: BrainEncoder, predictor: Predictor) -> None:
+    ``readout`` (the copy task's linear head from the encoder width to patch values) maps the
+    predictions when given.
+    """
+
+    def __init__(self, encoder: BrainEncoder, predictor: Predictor, readout: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.readout = readout
 
     def forward(
         self, series: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         context = self.encoder(series, context_index)
-        return self.predictor(context, context_index, target_index)
+        prediction = self.predictor(context, context_index, target_index)
+        if self.readout is not None:
+            prediction = self.readout(prediction)
+        return context, prediction
 
 
 class BrainJEPA(nn.Module):
-    """Student (encoder + predictor) and the EMA target encoder."""
+    """Student (encoder + predictor) and the EMA target encoder, for the objective's target."""
 
-    def __init__(self, cfg: ModelConfig, gradients: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, gradients: torch.Tensor | None = None, objective: ObjectiveConfig | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.student = JEPAStudent(BrainEncoder(cfg, gradients), Predictor(cfg, gradients))
+        self.objective = objective or ObjectiveConfig()
+        readout = nn.Linear(cfg.dim, cfg.patch) if self.objective.target == "copy" else None
+        self.student = JEPAStudent(BrainEncoder(cfg, gradients), Predictor(cfg, gradients), readout)
         self.target_encoder = copy.deepcopy(self.student.encoder)
         self.target_encoder.requires_grad_(False)
 
+    @property
+    def uses_ema(self) -> bool:
+        return self.objective.target == "ema"
+
     @torch.no_grad()
     def targets(self, series: torch.Tensor, target_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target encoder on the full grid -> (raw outputs at targets, layer-normed targets)."""
-        h = gather_tokens(self.target_encoder(series), target_index)
+        """(raw targets, layer-normed targets) at ``target_index``: target-encoder tokens, or the
+        target patches themselves for the copy task."""
+        if self.uses_ema:
+            h = gather_tokens(self.target_encoder(series), target_index)
+        else:
+            h = gather_tokens(series.reshape(series.shape[0], self.cfg.n_tokens, self.cfg.patch), target_index)
         return h, F.layer_norm(h, h.shape[-1:])
 
     @torch.no_grad()
@@ -122,6 +143,7 @@ class PretrainEngine:
         self.student = student if student is not None else model.student
         self.optimizer = torch.optim.AdamW(parameter_groups(model.student), lr=optim.lr, betas=optim.betas)
         self.monitor_every = monitor_every
+        self.floor = PositionFloor(model.cfg.n_tokens)
         self.step = 0  # optimizer steps taken
 
     @property
@@ -140,14 +162,21 @@ class PretrainEngine:
         series = batch["series"].to(self.device, non_blocking=True)
         context_index = batch["context_index"].to(self.device, non_blocking=True)
         target_index = batch["target_index"].to(self.device, non_blocking=True)
+        objective = self.model.objective
+        out: dict[str, float] = {}
         with autocast_context(self.device, self.dtype):
             raw_targets, targets = self.model.targets(series, target_index)
             no_sync = getattr(self.student, "no_sync", None)
             with contextlib.nullcontext() if sync or no_sync is None else no_sync():
-                prediction = self.student(series, context_index, target_index)
+                context, prediction = self.student(series, context_index, target_index)
                 loss = jepa_loss(prediction.float(), targets.float(), self.optim_cfg.loss)
-                (loss * scale).backward()
-        out = {"loss": loss.item()}
+                total = loss
+                if objective.active:
+                    reg, parts = regularizer_loss(context, objective, self._regularizer_generator())
+                    total = loss + objective.reg_weight * reg
+                    out.update(parts)
+                (total * scale).backward()
+        out["loss"] = loss.item()
         sizes = batch.get("region_sizes")
         if sizes is not None:
             with torch.no_grad():
@@ -155,10 +184,53 @@ class PretrainEngine:
                 for name, part in zip(REGIONS, torch.split(per_token, [int(s) for s in sizes])):
                     out[f"l1_{name}"] = part.mean().item()
         if monitor:
-            target_stats = collapse_monitors(raw_targets)
-            out["target_std"], out["target_rank"] = target_stats["std"], target_stats["rank"]
-            out["prediction_std"] = collapse_monitors(prediction)["std"]
+            out.update(self._learning_monitors(series, context_index, target_index, raw_targets, targets,
+                                               context, prediction, out["loss"]))
+        self.floor.update(targets, target_index)
         return out
+
+    @torch.no_grad()
+    def _learning_monitors(
+        self,
+        series: torch.Tensor,
+        context_index: torch.Tensor,
+        target_index: torch.Tensor,
+        raw_targets: torch.Tensor,
+        targets: torch.Tensor,
+        context: torch.Tensor,
+        prediction: torch.Tensor,
+        loss: float,
+    ) -> dict[str, float]:
+        """Does the student learn from its context? (docs/learning.md)
+
+        * ``context_reliance``: loss with every sample's context tokens read from another sample of
+          the batch (same positions) minus the true loss; 0 when the predictor ignores the data.
+        * ``floor``, ``loss_over_floor``: the position-only floor and the loss's ratio to it.
+        * collapse: per-dimension std and effective rank of the raw targets and of the per-sample
+          mean-pooled context embeddings across the batch.
+        """
+        kind = self.optim_cfg.loss
+        out: dict[str, float] = {}
+        if series.shape[0] > 1:
+            with autocast_context(self.device, self.dtype):
+                _, swapped = self.model.student(series.roll(1, dims=0), context_index, target_index)
+            out["context_reliance"] = jepa_loss(swapped.float(), targets.float(), kind).item() - loss
+        floor_prediction = self.floor.prediction(target_index)
+        if floor_prediction is not None:
+            out["floor"] = jepa_loss(floor_prediction, targets.float(), kind).item()
+            out["loss_over_floor"] = loss / max(out["floor"], 1e-12)
+        target_stats = collapse_monitors(raw_targets)
+        pooled = collapse_monitors(context.float().mean(dim=1))
+        out.update(target_std=target_stats["std"], target_rank=target_stats["rank"],
+                   prediction_std=collapse_monitors(prediction)["std"], context_std=pooled["std"],
+                   context_rank=pooled["rank"])
+        return out
+
+    def _regularizer_generator(self) -> torch.Generator:
+        """Random projections drawn alike on every rank: seeded by the optimizer step."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(1_000_003 + self.step)
+        return generator
 
     def train_step(self, micro_batches: Sequence[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step over ``accumulation_steps`` micro-batches; returns averaged metrics."""
@@ -167,7 +239,8 @@ class PretrainEngine:
             raise ValueError(f"expected {self.optim_cfg.accumulation_steps} micro-batches, got {n}")
         self.model.student.train()
         metrics = self._apply_schedules()
-        monitor = self.monitor_every > 0 and self.step % self.monitor_every == 0
+        # on the first step and on every step numbered (after it) a multiple of monitor_every
+        monitor = self.monitor_every > 0 and (self.step == 0 or (self.step + 1) % self.monitor_every == 0)
         parts: list[dict[str, float]] = []
         for i, batch in enumerate(micro_batches):
             parts.append(self._micro_step(batch, 1.0 / n, sync=i == n - 1, monitor=monitor and i == 0))
@@ -178,7 +251,8 @@ class PretrainEngine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         momentum = self.schedules.ema_momentum(self.step)
-        self.model.update_target(momentum)
+        if self.model.uses_ema:
+            self.model.update_target(momentum)
         self.step += 1
         for key in parts[0]:
             values = [p[key] for p in parts if key in p]
@@ -196,6 +270,7 @@ class PretrainEngine:
             "total_steps": self.total_steps,
             "optim": to_dict(self.optim_cfg),
             "model_config": to_dict(self.model.cfg),
+            "objective": to_dict(self.model.objective),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

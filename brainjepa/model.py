@@ -41,6 +41,12 @@ class ModelConfig:
     attn_drop: float = 0.0
     drop_path: float = 0.0
     init_std: float = 0.02
+    init: Literal["trunc_normal", "fan_in"] = "trunc_normal"
+    """Linear-layer init: truncated normal of ``init_std`` (authors') or 1/sqrt(fan_in)."""
+    qk_norm: bool = False
+    """Cosine attention logits (layer-normed unit q, k) times a learnable per-head temperature."""
+    qk_temperature: float = 10.0
+    """Initial attention temperature under ``qk_norm``."""
 
     def __post_init__(self) -> None:
         if self.size not in PRESETS:
@@ -52,6 +58,10 @@ class ModelConfig:
         self.predictor_dim = self.predictor_dim or pdim
         self.predictor_depth = self.predictor_depth or pdepth
         self.predictor_heads = self.predictor_heads or heads
+        if self.init not in ("trunc_normal", "fan_in"):
+            raise ValueError(f"model.init {self.init!r} is not one of ['fan_in', 'trunc_normal']")
+        if self.qk_temperature <= 0:
+            raise ValueError(f"model.qk_temperature={self.qk_temperature}: expected > 0")
         if self.frames % self.patch:
             raise ValueError(f"model.frames={self.frames} is not a multiple of model.patch={self.patch}")
 
@@ -82,10 +92,11 @@ class BrainEncoder(nn.Module):
         self.patch_embed = nn.Linear(cfg.patch, cfg.dim)
         self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, cfg.dim, gradients)
         self.blocks = make_blocks(
-            cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop, cfg.drop_path
+            cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop, cfg.drop_path,
+            cfg.qk_norm, cfg.qk_temperature,
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
-        init_weights(self, self.blocks, cfg.init_std)
+        init_weights(self, self.blocks, cfg.init_std, cfg.init)
         # A patch has only `patch` values (16 frames, not a 768-value image patch): with the ViT's
         # 0.02 init the data would be ~2% of each token's variance next to the positional code, a
         # near data-blind start that collapses to position-only targets. Xavier, as MAE does.
@@ -147,11 +158,11 @@ class Predictor(nn.Module):
         self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, width, gradients)
         self.blocks = make_blocks(
             width, cfg.predictor_depth, cfg.predictor_heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop,
-            cfg.drop_path,
+            cfg.drop_path, cfg.qk_norm, cfg.qk_temperature,
         )
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.proj = nn.Linear(width, cfg.dim)
-        init_weights(self, self.blocks, cfg.init_std)
+        init_weights(self, self.blocks, cfg.init_std, cfg.init)
         nn.init.trunc_normal_(self.mask_token, std=cfg.init_std)
 
     def forward(

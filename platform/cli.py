@@ -102,14 +102,17 @@ def cmd_pretrain_local(args: argparse.Namespace) -> int:
         f"{m.n_rois} ROIs x {m.frames} frames, {cfg.steps} optimizer steps of {cfg.batch_size} samples"
     )
     t0 = time.perf_counter()
-    every = max(1, cfg.steps // 10)
+    # about ten lines, on steps that carry the learning monitors
+    every = cfg.monitor_every * max(1, cfg.steps // (10 * cfg.monitor_every)) if cfg.monitor_every > 0 else cfg.steps
 
     def report(metrics: dict[str, float]) -> None:
         step = int(metrics["step"])
-        if step == 1 or step % every == 0:
+        if "target_rank" in metrics and (step == 1 or step % every == 0):
+            ratio, reliance = (metrics.get(k, float("nan")) for k in ("loss_over_floor", "context_reliance"))
             print(
-                f"  step {step:4d}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
-                f"target rank {metrics['target_rank']:.1f}  ({time.perf_counter() - t0:.0f}s)",
+                f"  step {step:4d}  loss {metrics['loss']:.4f}  loss/floor {ratio:.2f}  "
+                f"context reliance {reliance:+.4f}  target rank {metrics['target_rank']:.1f}  "
+                f"({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
 

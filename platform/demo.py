@@ -143,6 +143,7 @@ class Demo:
 
         from brainjepa.config import load_config
         from brainjepa.masks import MaskCollator
+        from brainjepa.monitors import LEARNING_MONITORS
         from brainjepa_platform.plots import plot_masks, plot_training_curves
         from brainjepa_platform.pretrain_config import PretrainConfig
 
@@ -151,10 +152,10 @@ class Demo:
         masks = MaskCollator(cfg.masks, m.n_rois, m.n_time_patches, seed=0).next_masks(4)
         client = MlflowClient(self.tracking_uri)
         history: dict[int, dict[str, float]] = {}
-        for key in ("loss", "target_std", "target_rank"):
+        for key in ("loss", *LEARNING_MONITORS):
             for metric in client.get_metric_history(pretrain["run_id"], key):
                 history.setdefault(metric.step, {"step": metric.step})[key] = metric.value
-        rows = [h for _, h in sorted(history.items()) if len(h) == 4]
+        rows = [h for _, h in sorted(history.items()) if "loss" in h]
         return {"masks_path": str(plot_masks(masks, m.n_rois, m.n_time_patches, self.out / "masks.png")),
                 "curves_path": str(plot_training_curves(rows, self.out / "training_curves.png"))}
 

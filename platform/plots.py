@@ -56,13 +56,28 @@ def plot_masks(masks: MaskBatch, n_rois: int, n_time_patches: int, path: str | P
 
 
 def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> Path:
-    """Loss and collapse monitors against optimizer step."""
-    steps = [h["step"] for h in history]
-    panels = [("loss", "JEPA loss"), ("target_std", "target std per dim"), ("target_rank", "target effective rank")]
+    """Loss against the position-only floor, context reliance and collapse monitors, per optimizer step.
+
+    Monitors computed only on some steps are drawn at those steps; a series never logged is left out.
+    """
+    panels = [
+        ("JEPA loss vs position-only floor", [("loss", "loss"), ("floor", "position-only floor")]),
+        ("context reliance (0: ignores the data)", [("context_reliance", "swapped-context loss - loss")]),
+        ("effective rank", [("target_rank", "targets"), ("context_rank", "pooled context")]),
+        ("std per dimension", [("target_std", "targets"), ("context_std", "pooled context")]),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        ax.plot(steps, [h.get(key, np.nan) for h in history])
-        ax.set_title(title)
+    for ax, (title, series) in zip(axes, panels):
+        for key, label in series:
+            points = [(h["step"], h[key]) for h in history if key in h and np.isfinite(h[key])]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="." if len(points) < 50 else None, label=label)
+        if key == "context_reliance":
+            ax.axhline(0.0, color="grey", lw=0.8)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
     fig.tight_layout()
     return _save(fig, path)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from brainjepa.masks import MaskConfig
 from brainjepa.model import ModelConfig
+from brainjepa.objective import ObjectiveConfig
 from brainjepa.schedules import OptimConfig
 
 
@@ -53,6 +54,7 @@ class TrainConfig:
     max_failures: int = 2
     seed: int = 0
     log_every: int = 10
+    """Steps between metric logs; the learning monitors (one extra forward) are computed on those steps."""
     val_batches: int = 2
     """Validation batches evaluated at each checkpoint."""
 
@@ -77,6 +79,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

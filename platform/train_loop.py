@@ -18,6 +18,7 @@ import torch
 
 from brainjepa.config import from_dict
 from brainjepa.jepa import BrainJEPA, PretrainEngine, autocast_context, jepa_loss
+from brainjepa.monitors import LEARNING_MONITORS
 from brainjepa_platform.checkpoints import latest_intact, read_local_checkpoint, run_location, write_checkpoint_dir
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.streaming import MaskingCollate
@@ -80,7 +81,7 @@ def validation_loss(engine: PretrainEngine, val: Any, cfg: PretrainConfig) -> fl
         ctx, tgt = batch["context_index"].to(engine.device), batch["target_index"].to(engine.device)
         with autocast_context(engine.device, engine.dtype):
             _, targets = model.targets(series, tgt)
-            losses.append(jepa_loss(model.student(series, ctx, tgt).float(), targets.float(), cfg.optim.loss).item())
+            losses.append(jepa_loss(model.student(series, ctx, tgt)[1].float(), targets.float(), cfg.optim.loss).item())
     model.student.train()
     return float(np.mean(losses)) if losses else float("nan")
 
@@ -122,11 +123,12 @@ def build_engine(cfg: PretrainConfig, gradients: np.ndarray | None) -> PretrainE
 
     torch.manual_seed(cfg.train.seed)
     grads = torch.from_numpy(np.asarray(gradients, dtype=np.float32)) if gradients is not None else None
-    model = BrainJEPA(cfg.model, grads)
+    model = BrainJEPA(cfg.model, grads, cfg.objective)
     device = ray.train.torch.get_device()
     model.to(device)
     student = ray.train.torch.prepare_model(model.student, move_to_device=False)
-    return PretrainEngine(model, cfg.optim, cfg.train.steps, device=device, dtype=cfg.train.dtype, student=student)
+    return PretrainEngine(model, cfg.optim, cfg.train.steps, device=device, dtype=cfg.train.dtype, student=student,
+                          monitor_every=cfg.train.log_every)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -162,7 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             report = {"step": step, "loss": metrics["loss"]}
             if rank == 0:
-                report.update({k: metrics[k] for k in ("target_std", "target_rank") if k in metrics})
+                report.update({k: metrics[k] for k in LEARNING_MONITORS if k in metrics})
                 report["val_loss"] = validation_loss(engine, val, cfg)
                 logger.log({"val_loss": report["val_loss"]}, step=step)
             save_checkpoint(engine, meta, report, rank)

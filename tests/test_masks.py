@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from brainjepa.config import load_config, save_config
+from brainjepa.local import LocalPretrainConfig
 from brainjepa.masks import (
+    MASK_PRESETS,
     MaskCollator,
     MaskConfig,
     SpatiotemporalMaskSampler,
@@ -16,9 +23,10 @@ from brainjepa.masks import (
 SHAPES = [(450, 10), (23, 6), (7, 2), (101, 3), (200, 13), (2, 2)]
 
 
+@pytest.mark.parametrize("preset", ["paper", "authors"])
 @pytest.mark.parametrize(("n_rois", "n_patches"), SHAPES)
-def test_invariants_over_seeds(n_rois: int, n_patches: int) -> None:
-    sampler = SpatiotemporalMaskSampler(MaskConfig(min_context=1), n_rois, n_patches)
+def test_invariants_over_seeds(n_rois: int, n_patches: int, preset: str) -> None:
+    sampler = SpatiotemporalMaskSampler(MaskConfig(min_context=1, preset=preset), n_rois, n_patches)
     last_patch_seen = 0
     for seed in range(40):
         masks = sampler.sample(5, np.random.default_rng(seed))
@@ -91,3 +99,76 @@ def test_bad_shapes_and_ratios() -> None:
         SpatiotemporalMaskSampler(MaskConfig(), 10, 1)
     with pytest.raises(ValueError, match="observed_time_scale"):
         MaskConfig(observed_time_scale=(0.0, 0.5))
+
+
+RATIO_FIELDS = [f.name for f in dataclasses.fields(MaskConfig) if f.name.endswith("_scale")]
+
+# Effective per-sample token counts of the authors' collator (Eric-LRL/Brain-JEPA @ b1dfa93,
+# src/masks/spatialtemporal_multiblock.py, MaskCollator_fmri) at 450 ROIs x 10 patches with
+# configs/ukb_vitb_ep300.yaml (enc (0.84, 1), R (0.45, 0.6), T_roi (0.2, 0.6), R_roi (0.15, 0.3),
+# T (0.0, 0.4), batch 16): run unmodified outside this repo for 2 x 2000 batches of 16 (batch seeds
+# 0..1999 and 100000..101999, two global torch seeds), every returned (batch-min truncated) target
+# token classified by position against the returned context as classify_targets does. Duplicate
+# target tokens (~2.3 per sample, double-cross) are counted, as their loss does.
+AUTHORS_EFFECTIVE = {"context": 826.5, "cross_roi": 677.2, "cross_time": 13.65, "double_cross": 167.0}
+
+
+def test_paper_preset_is_the_defaults() -> None:
+    defaults = MaskConfig()
+    assert set(MASK_PRESETS["paper"]) == set(RATIO_FIELDS)
+    assert dataclasses.replace(MaskConfig(preset="paper"), preset="") == defaults
+    assert all(getattr(defaults, k) == v for k, v in MASK_PRESETS["paper"].items())
+    assert set(MASK_PRESETS["authors"]) <= set(RATIO_FIELDS)
+
+
+def test_authors_preset_matches_authors_effective_counts() -> None:
+    stats = mask_statistics(MaskConfig(preset="authors"), 450, 10, batch_size=16, n_samples=800, seed=0)
+    got = {"context": stats["context_tokens_mean"]}
+    got |= {k: stats[f"{k}_tokens_mean"] for k in ("cross_roi", "cross_time", "double_cross")}
+    for key, ref in AUTHORS_EFFECTIVE.items():
+        assert got[key] == pytest.approx(ref, rel=0.1), key
+    # unlike the authors' truncated masks, ours stay disjoint and never lose a region
+    assert stats["overlap_tokens"] == stats["duplicate_target_tokens"] == stats["samples_missing_region"] == 0
+    paper = mask_statistics(MaskConfig(), 450, 10, batch_size=16, n_samples=160, seed=0)
+    assert paper["context_tokens_mean"] > 1.5 * got["context"]  # the presets really differ
+
+
+def test_preset_explicit_fields_win() -> None:
+    cfg = MaskConfig(cross_roi_scale=(0.3, 0.4), preset="authors")
+    assert cfg.cross_roi_scale == (0.3, 0.4)
+    assert cfg.observed_time_scale == MASK_PRESETS["authors"]["observed_time_scale"]
+    assert MaskConfig((0.3, 0.4), preset="authors") == cfg  # positional fields count as given
+    assert MaskConfig.from_preset("authors", cross_roi_scale=(0.3, 0.4)) == cfg
+    # even a value equal to the default wins over the preset
+    assert MaskConfig(preset="authors", observed_time_scale=(0.84, 1.0)).observed_time_scale == (0.84, 1.0)
+    assert copy.deepcopy(cfg) == cfg
+    assert dataclasses.replace(cfg, min_context=2).cross_roi_scale == (0.3, 0.4)
+
+
+def test_preset_from_yaml_and_overrides(tmp_path: Path) -> None:
+    cfg = load_config(LocalPretrainConfig, None, ["masks.preset=authors"])
+    assert cfg.masks == MaskConfig(preset="authors")
+    assert cfg.masks.observed_roi_scale == MASK_PRESETS["authors"]["observed_roi_scale"]
+
+    path = tmp_path / "run.yaml"
+    path.write_text("masks:\n  preset: authors\n  double_cross_roi_scale: [0.2, 0.3]\n")
+    cfg = load_config(LocalPretrainConfig, path, ["masks.cross_time_roi_scale=[0.1, 0.2]"])
+    assert cfg.masks.preset == "authors"
+    assert cfg.masks.double_cross_roi_scale == (0.2, 0.3)  # from the file
+    assert cfg.masks.cross_time_roi_scale == (0.1, 0.2)  # from the command line
+    assert cfg.masks.observed_time_scale == MASK_PRESETS["authors"]["observed_time_scale"]
+
+    # an override may also switch the file's preset; its fields still win
+    switched = load_config(LocalPretrainConfig, path, ["masks.preset=paper"])
+    assert switched.masks.observed_time_scale == MaskConfig().observed_time_scale
+    assert switched.masks.double_cross_roi_scale == (0.2, 0.3)
+
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(LocalPretrainConfig, tmp_path / "resolved.yaml") == cfg
+
+
+def test_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"masks\.preset='bogus'.*'authors'.*'paper'"):
+        MaskConfig(preset="bogus")
+    with pytest.raises(ValueError, match="authors"):
+        load_config(LocalPretrainConfig, None, ["masks.preset=bogus"])

@@ -73,8 +73,10 @@ def test_data_is_not_drowned_by_the_positional_code_at_init(tiny_cfg, tiny_gradi
     assert across_samples > 0.5 * across_positions
 
 
-def test_attention_maps_are_the_weights_the_encoder_uses(tiny_cfg, tiny_gradients) -> None:
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_attention_maps_are_the_weights_the_encoder_uses(tiny_cfg, tiny_gradients, qk_norm: bool) -> None:
     torch.manual_seed(0)
+    tiny_cfg.qk_norm = qk_norm
     encoder = BrainEncoder(tiny_cfg, tiny_gradients).eval()
     series = torch.randn(2, tiny_cfg.n_rois, tiny_cfg.frames)
     maps = encoder.attention_maps(series)
@@ -126,7 +128,7 @@ def test_gradients_reach_gradient_projection(tiny_cfg, tiny_gradients) -> None:
     b = masks.to_torch()
     x = torch.randn(2, tiny_cfg.n_rois, tiny_cfg.frames)
     _, target = model.targets(x, b["target_index"])
-    loss = jepa_loss(model.student(x, b["context_index"], b["target_index"]), target)
+    loss = jepa_loss(model.student(x, b["context_index"], b["target_index"])[1], target)
     loss.backward()
     for module in (model.student.encoder, model.student.predictor):
         grad = module.pos_embed.proj.weight.grad

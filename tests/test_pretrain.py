@@ -61,8 +61,10 @@ def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path
     assert run.data.params["model.size"] == "tiny" and run.data.params["train.num_workers"] == "2"
     assert not any(SECRET in v or "testing-key" in v for v in run.data.params.values())
     for key in ("loss", "lr", "wd", "ema_momentum", "target_std", "target_rank", "samples_per_s",
-                "data_wait_fraction"):
+                "data_wait_fraction", "context_reliance", "context_rank", "context_std", "prediction_std"):
         assert metric_steps(tracking, result.run_id, key) == list(range(1, 13)), key
+    for key in ("floor", "loss_over_floor"):  # the position-only floor needs one step of targets first
+        assert metric_steps(tracking, result.run_id, key) == list(range(2, 13)), key
     assert metric_steps(tracking, result.run_id, "val_loss") == [4, 8, 12]
     # the registered target encoder loads by alias and embeds raw series of the dataset's shape
     bundle = load_encoder("models:/brainjepa-encoder@current")

@@ -1,0 +1,88 @@
+"""Does pretraining learn? The pieces of the learnability measurements (docs/learning.md).
+
+* ``twin_cohort``: synthetic scans in which every ROI has an exact twin, so the answer of the copy
+  task is always in the context when the twin is observed;
+* ``encode_scans``: pooled (or per-ROI) encoder features of whole scans, each z-scored per ROI first
+  so that amplitude carries no identity;
+* ``monitor_summary``: the learning monitors of a run's history, at its start and its end.
+
+``benchmarks/learnability.py`` runs recipes over seeds with these; the tests assert what its table shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from brainjepa.fingerprint import zscore_segments
+from brainjepa.model import BrainEncoder
+from brainjepa.preprocess import tiling_windows
+from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
+
+IQR_OF_UNIT_NORMAL = 1.349
+"""A z-scored series divided by this has unit IQR, the scale of the robust scaling the model trains on."""
+
+
+def twin_cohort(
+    n_subjects: int, n_rois: int, n_frames: tuple[int, int], tr: tuple[float, ...], seed: int
+) -> SyntheticCohort:
+    """``synthetic_cohort`` of ``n_rois // 2`` ROIs with every ROI duplicated (ROIs 2k and 2k+1 equal)."""
+    if n_rois % 2:
+        raise ValueError(f"a twin cohort needs an even ROI count, got {n_rois}")
+    base = synthetic_cohort(n_subjects, n_rois // 2, n_frames=n_frames, tr=tr, seed=seed)
+    return SyntheticCohort(
+        series=[np.repeat(s, 2, axis=0) for s in base.series], tr=base.tr, network=np.repeat(base.network, 2),
+        phenotypes=base.phenotypes,
+    )
+
+
+@torch.no_grad()
+def encode_scans(
+    encoder: BrainEncoder,
+    scans: Sequence[np.ndarray],
+    trs: Sequence[float],
+    target_tr: float,
+    per_roi: bool = False,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(n_scans, D) mean-pooled tokens, or (n_scans, R * D) tokens pooled over time per ROI.
+
+    Each scan is z-scored per ROI over its whole length (then put on the robust-scaling scale), cut
+    into tiling windows at ``target_tr``, encoded, and pooled over tokens and windows.
+    """
+    cfg = encoder.cfg
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    features = []
+    for scan, tr in zip(scans, trs):
+        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
+        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        parts = []
+        for chunk in windows.split(batch_size):
+            tokens = encoder(chunk.to(device)).float()  # (k, R * P, D)
+            if per_roi:
+                tokens = tokens.reshape(len(chunk), cfg.n_rois, cfg.n_time_patches, -1).mean(dim=2).flatten(1)
+            else:
+                tokens = tokens.mean(dim=1)
+            parts.append(tokens.sum(dim=0))
+        features.append((torch.stack(parts).sum(dim=0) / len(windows)).cpu().numpy())
+    return np.stack(features)
+
+
+def monitor_summary(history: Sequence[dict[str, float]], tail: int = 3) -> dict[str, float]:
+    """Learning monitors at the end of a run (mean of the last ``tail`` monitored steps) and at its start.
+
+    Keys: ``loss_over_floor``, ``context_reliance``, ``target_rank``, ``context_rank`` (end) and
+    ``target_rank_start``, ``context_rank_start`` (first monitored step).
+    """
+    monitored = [h for h in history if "context_reliance" in h and "loss_over_floor" in h]
+    if not monitored:
+        raise ValueError("the history has no monitored step with a position-only floor: lower monitor_every")
+    end = monitored[-tail:]
+    out = {k: float(np.mean([h[k] for h in end]))
+           for k in ("loss_over_floor", "context_reliance", "target_rank", "context_rank")}
+    first = next(h for h in history if "target_rank" in h)
+    out["target_rank_start"], out["context_rank_start"] = first["target_rank"], first["context_rank"]
+    return out

@@ -1,0 +1,130 @@
+"""Learning monitors, attention options and the copy objective (docs/learning.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
+from brainjepa.local import LocalPretrainConfig, run_local_pretraining
+from brainjepa.masks import MaskCollator, MaskConfig
+from brainjepa.model import BrainEncoder, ModelConfig
+from brainjepa.monitors import LEARNING_MONITORS, PositionFloor
+from brainjepa.objective import ObjectiveConfig
+from brainjepa.schedules import OptimConfig
+
+
+def test_position_floor_is_out_of_sample_and_reaches_the_noise_level() -> None:
+    g = torch.Generator().manual_seed(0)
+    n_tokens, dim = 40, 8
+    position_part = torch.randn(n_tokens, dim, generator=g) * 3
+    floor = PositionFloor(n_tokens, decay=0.99)
+    index = torch.randint(0, n_tokens, (16, 12), generator=g)
+    assert floor.prediction(index) is None  # nothing seen yet: no in-sample floor
+    for _ in range(200):
+        index = torch.randint(0, n_tokens, (16, 12), generator=g)
+        targets = position_part[index] + 0.5 * torch.randn(16, 12, dim, generator=g)
+        floor.update(targets, index)
+    index = torch.randint(0, n_tokens, (16, 12), generator=g)
+    fresh = position_part[index] + 0.5 * torch.randn(16, 12, dim, generator=g)
+    mse = F.mse_loss(floor.prediction(index), fresh).item()
+    assert mse == pytest.approx(0.25, rel=0.15)  # the noise variance: the position part is learned
+    # a position never seen gets the mean over all positions
+    unseen = PositionFloor(4)
+    unseen.update(torch.ones(1, 2, 3), torch.tensor([[0, 1]]))
+    torch.testing.assert_close(unseen.prediction(torch.tensor([[3]])), torch.ones(1, 1, 3))
+
+
+def test_qk_norm_temperature_is_learned_and_not_weight_decayed(tiny_cfg, tiny_gradients) -> None:
+    tiny_cfg.qk_norm, tiny_cfg.qk_temperature = True, 12.0
+    model = BrainJEPA(tiny_cfg, tiny_gradients)
+    temperatures = [p for n, p in model.student.named_parameters() if n.endswith("attn.temperature")]
+    assert len(temperatures) == tiny_cfg.depth + tiny_cfg.predictor_depth
+    assert all(torch.equal(t, torch.full((t.numel(),), 12.0)) for t in temperatures)
+    no_decay = {id(p) for p in parameter_groups(model.student)[1]["params"]}
+    assert all(id(t) in no_decay for t in temperatures)
+    masks = MaskCollator(MaskConfig(), tiny_cfg.n_rois, tiny_cfg.n_time_patches, seed=0).next_masks(2).to_torch()
+    series = torch.randn(2, tiny_cfg.n_rois, tiny_cfg.frames)
+    _, prediction = model.student(series, masks["context_index"], masks["target_index"])
+    prediction.square().mean().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in temperatures)
+
+
+def test_qk_norm_logits_are_cosines_times_temperature(tiny_cfg, tiny_gradients) -> None:
+    """Attention can be sharp from the start: logit spread is set by the temperature, not the width."""
+    spreads = {}
+    for qk_norm in (False, True):
+        torch.manual_seed(0)
+        tiny_cfg.qk_norm = qk_norm
+        encoder = BrainEncoder(tiny_cfg, tiny_gradients).eval()
+        maps = encoder.attention_maps(torch.randn(2, tiny_cfg.n_rois, tiny_cfg.frames))
+        spreads[qk_norm] = float(maps[0].max(dim=-1).values.mean() * tiny_cfg.n_tokens)
+    assert spreads[False] < 2.0  # near uniform: the largest weight is < 2x chance
+    assert spreads[True] > 5.0 * spreads[False]
+
+
+def test_fan_in_init_scales_with_width() -> None:
+    for dim in (64, 256):
+        cfg = ModelConfig(size="tiny", dim=dim, heads=4, n_rois=6, frames=16, patch=8, n_gradients=2, init="fan_in")
+        encoder = BrainEncoder(cfg, torch.randn(6, 2))
+        assert encoder.blocks[0].attn.qkv.weight.std().item() == pytest.approx(dim**-0.5, rel=0.1)
+        # residual projections keep the depth rescale
+        assert encoder.blocks[1].mlp.fc2.weight.std().item() == pytest.approx((4 * dim) ** -0.5 / 2, rel=0.1)
+    with pytest.raises(ValueError, match="model.init"):
+        ModelConfig(size="tiny", init="xavier")
+
+
+def test_copy_objective_targets_the_normalised_patch_and_skips_the_ema() -> None:
+    cfg = ModelConfig(size="tiny", n_rois=6, frames=16, patch=8, n_gradients=2)
+    model = BrainJEPA(cfg, torch.randn(6, 2), ObjectiveConfig(target="copy"))
+    series = torch.randn(3, 6, 16)
+    index = torch.tensor([[0, 5, 11]] * 3)
+    raw, targets = model.targets(series, index)
+    patches = series.reshape(3, 12, 8)
+    torch.testing.assert_close(raw[:, 1], patches[:, 5])
+    torch.testing.assert_close(targets, F.layer_norm(raw, (8,)))
+    masks = MaskCollator(MaskConfig(), 6, 2, seed=0).next_masks(3).to_torch()
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    engine = PretrainEngine(model, OptimConfig(), total_steps=2)
+    metrics = engine.train_step([{"series": series, **masks}])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.target_encoder.parameters()))
+    assert math.isfinite(metrics["loss"])
+
+
+def test_objective_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="reg_weight"):
+        ObjectiveConfig(regularizer="sigreg")
+    with pytest.raises(ValueError, match="reg_weight"):
+        ObjectiveConfig(reg_weight=-1.0)
+
+
+def test_learning_monitors_on_monitored_steps_only() -> None:
+    cfg = LocalPretrainConfig(steps=6, subjects=8, batch_size=4, monitor_every=3)
+    _, history = run_local_pretraining(cfg)
+    monitored = [int(m["step"]) for m in history if "context_reliance" in m]
+    assert monitored == [1, 3, 6]
+    later = history[-1]
+    assert set(LEARNING_MONITORS) <= set(later)
+    assert later["loss_over_floor"] == pytest.approx(later["loss"] / later["floor"])
+    assert all(math.isfinite(later[k]) for k in LEARNING_MONITORS)
+
+
+@pytest.mark.parametrize(("regularizer", "logged"), [("sigreg", {"sigreg"}), ("vicreg", {"vicreg_variance",
+                                                                                          "vicreg_covariance"})])
+def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None:
+    """The weighted regulariser changes the student's update and is logged."""
+    cfg = ModelConfig(size="tiny", n_rois=8, frames=16, patch=8, n_gradients=2)
+    masks = MaskCollator(MaskConfig(), 8, 2, seed=0).next_masks(6).to_torch()
+    batch = {"series": torch.randn(6, 8, 16, generator=torch.Generator().manual_seed(0)), **masks}
+    updated = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        objective = ObjectiveConfig(regularizer=regularizer if weight else "none", reg_weight=weight)
+        engine = PretrainEngine(BrainJEPA(cfg, torch.randn(8, 2), objective), OptimConfig(), total_steps=2)
+        metrics = engine.train_step([batch])
+        assert logged <= set(metrics) if weight else not logged & set(metrics)
+        updated[weight] = engine.model.student.encoder.blocks[0].attn.qkv.weight.clone()
+    assert not torch.allclose(updated[0.0], updated[1.0])
