@@ -130,7 +130,8 @@ def one_run(job: tuple[str, int, Settings]) -> tuple[str, int, dict[str, float]]
     if s.copy_steps > 0:
         out.update(copy_task(s, RECIPES[name], seed))
     out["seconds"] = time.perf_counter() - t0
-    print(f"  done: {name} seed {seed} in {out['seconds']:.0f}s", flush=True)
+    shown = " ".join(f"{key}={out[key]:.3f}" for _, key, _ in COLUMNS if key in out)
+    print(f"  done: {name} seed {seed} in {out['seconds']:.0f}s: {shown}", flush=True)
     return name, seed, out
 
 
@@ -162,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {list(RECIPES)}")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--steps", type=int, default=1000, help="JEPA optimizer steps (0: skip JEPA)")
     parser.add_argument("--copy-steps", type=int, default=1000, help="copy-task steps (0: skip it)")
     parser.add_argument("--size", default="tiny")
@@ -182,8 +184,9 @@ def main() -> None:
         parser.error(f"unknown recipes {unknown}; known: {list(RECIPES)}")
     settings = Settings(args.size, args.rois, args.frames, args.steps, args.copy_steps, args.batch_size, args.lr,
                         args.subjects, args.eval_subjects, args.device, args.dtype, args.monitor_every)
-    jobs = [(name, seed, settings) for name in names for seed in range(args.seeds)]
-    print(f"{len(jobs)} runs: {names} x seeds 0..{args.seeds - 1}; {settings}", flush=True)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = [(name, seed, settings) for name in names for seed in seeds]
+    print(f"{len(jobs)} runs: {names} x seeds {seeds.start}..{seeds.stop - 1}; {settings}", flush=True)
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             done = pool.map(one_run, jobs, chunksize=1)
