@@ -7,7 +7,7 @@
 Single process per run (no Ray), ``--jobs`` runs in parallel, one torch thread each. For every recipe
 and seed:
 
-* copy task (``objective.target=copy``, squared error) on a twin cohort: loss / position-only floor
+* copy task (``pretext.target=copy``, squared error) on a twin cohort: loss / position-only floor
   and context reliance at the end. Below 1 and above 0 mean the student routes information from
   its context; a student that cannot attend stays at 1 and 0.
 * JEPA pretraining on a fingerprint cohort (each subject two scans with its own stable connectivity):
@@ -47,9 +47,9 @@ RECIPES: dict[str, list[str]] = {
     "qknorm-only": ["model.qk_norm=true"],
     "fan-in-only": ["model.init=fan_in"],
     "qknorm+authors-masks": [*QK, "masks.preset=authors"],
-    "qknorm+sigreg": [*QK, "objective.regularizer=sigreg", "objective.reg_weight=0.05"],
-    "qknorm+vicreg": [*QK, "objective.regularizer=vicreg", "objective.reg_weight=0.1"],
-    "qknorm+sigreg-no-ema": [*QK, "objective.regularizer=sigreg", "objective.reg_weight=0.05",
+    "qknorm+sigreg": [*QK, "pretext.regularizer=sigreg", "pretext.reg_weight=0.05"],
+    "qknorm+vicreg": [*QK, "pretext.regularizer=vicreg", "pretext.reg_weight=0.1"],
+    "qknorm+sigreg-no-ema": [*QK, "pretext.regularizer=sigreg", "pretext.reg_weight=0.05",
                              "optim.ema_start=0", "optim.ema_end=0"],
 }
 """``key=value`` overrides of the benchmark's base ``LocalPretrainConfig``, per recipe."""
@@ -85,8 +85,8 @@ def base_overrides(s: Settings, seed: int) -> list[str]:
 def copy_task(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     """Copy-task monitors at the end of ``s.copy_steps`` steps on a twin cohort."""
     cohort = twin_cohort(64, s.rois, n_frames=(2 * s.frames, 3 * s.frames), tr=(1.0, 1.6), seed=seed)
-    overrides = [*base_overrides(s, seed), *recipe, f"steps={s.copy_steps}", "objective.target=copy",
-                 "objective.regularizer=none", "objective.reg_weight=0", "optim.loss=l2"]
+    overrides = [*base_overrides(s, seed), *recipe, f"steps={s.copy_steps}", "pretext.target=copy",
+                 "pretext.regularizer=none", "pretext.reg_weight=0", "optim.loss=l2"]
     cfg = load_config(LocalPretrainConfig, None, overrides)
     history = [metrics for _, metrics in local_pretraining(cfg, cohort)]
     summary = monitor_summary(history)

@@ -22,7 +22,7 @@ from brainjepa.config import from_dict, to_dict
 from brainjepa.masks import REGIONS
 from brainjepa.model import BrainEncoder, ModelConfig, Predictor, gather_tokens
 from brainjepa.monitors import PositionFloor, collapse_monitors
-from brainjepa.objective import ObjectiveConfig, regularizer_loss
+from brainjepa.pretext import PretextConfig, regularizer_loss
 from brainjepa.schedules import OptimConfig, Schedules
 
 
@@ -50,22 +50,22 @@ class JEPAStudent(nn.Module):
 
 
 class BrainJEPA(nn.Module):
-    """Student (encoder + predictor) and the EMA target encoder, for the objective's target."""
+    """Student (encoder + predictor) and the EMA target encoder, for the pretext task's target."""
 
     def __init__(
-        self, cfg: ModelConfig, gradients: torch.Tensor | None = None, objective: ObjectiveConfig | None = None
+        self, cfg: ModelConfig, gradients: torch.Tensor | None = None, pretext: PretextConfig | None = None
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.objective = objective or ObjectiveConfig()
-        readout = nn.Linear(cfg.dim, cfg.patch) if self.objective.target == "copy" else None
+        self.pretext = pretext or PretextConfig()
+        readout = nn.Linear(cfg.dim, cfg.patch) if self.pretext.target == "copy" else None
         self.student = JEPAStudent(BrainEncoder(cfg, gradients), Predictor(cfg, gradients), readout)
         self.target_encoder = copy.deepcopy(self.student.encoder)
         self.target_encoder.requires_grad_(False)
 
     @property
     def uses_ema(self) -> bool:
-        return self.objective.target == "ema"
+        return self.pretext.target == "ema"
 
     @torch.no_grad()
     def targets(self, series: torch.Tensor, target_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +162,7 @@ class PretrainEngine:
         series = batch["series"].to(self.device, non_blocking=True)
         context_index = batch["context_index"].to(self.device, non_blocking=True)
         target_index = batch["target_index"].to(self.device, non_blocking=True)
-        objective = self.model.objective
+        pretext = self.model.pretext
         out: dict[str, float] = {}
         with autocast_context(self.device, self.dtype):
             raw_targets, targets = self.model.targets(series, target_index)
@@ -171,9 +171,9 @@ class PretrainEngine:
                 context, prediction = self.student(series, context_index, target_index)
                 loss = jepa_loss(prediction.float(), targets.float(), self.optim_cfg.loss)
                 total = loss
-                if objective.active:
-                    reg, parts = regularizer_loss(context, objective, self._regularizer_generator())
-                    total = loss + objective.reg_weight * reg
+                if pretext.active:
+                    reg, parts = regularizer_loss(context, pretext, self._regularizer_generator())
+                    total = loss + pretext.reg_weight * reg
                     out.update(parts)
                 (total * scale).backward()
         out["loss"] = loss.item()
@@ -270,7 +270,7 @@ class PretrainEngine:
             "total_steps": self.total_steps,
             "optim": to_dict(self.optim_cfg),
             "model_config": to_dict(self.model.cfg),
-            "objective": to_dict(self.model.objective),
+            "pretext": to_dict(self.model.pretext),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -15,8 +15,8 @@ from brainjepa.gradients import diffusion_map, group_fc
 from brainjepa.jepa import BrainJEPA, PretrainEngine
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import ModelConfig
-from brainjepa.objective import ObjectiveConfig
 from brainjepa.preprocess import RobustStats, robust_stats, sample_window
+from brainjepa.pretext import PretextConfig
 from brainjepa.schedules import OptimConfig
 from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
 
@@ -32,7 +32,7 @@ class LocalPretrainConfig:
     model: ModelConfig = field(default_factory=_tiny_model)
     masks: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, start_lr=2e-4, warmup_fraction=0.1))
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
     steps: int = 80
     monitor_every: int = 10
     """Steps between learning monitors (context reliance, position-only floor, effective ranks)."""
@@ -93,7 +93,7 @@ def local_pretraining(
             tr=(cfg.target_tr / 2, cfg.target_tr * 0.8), seed=cfg.seed,
         )
     gradients = cohort_gradients(cohort.series, cfg.model.n_gradients) if cfg.model.positional == "gradient" else None
-    engine = PretrainEngine(BrainJEPA(cfg.model, gradients, cfg.objective), cfg.optim, cfg.steps, cfg.device,
+    engine = PretrainEngine(BrainJEPA(cfg.model, gradients, cfg.pretext), cfg.optim, cfg.steps, cfg.device,
                             cfg.dtype, monitor_every=cfg.monitor_every)
     sampler = iter(
         ScanSampler(

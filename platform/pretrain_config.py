@@ -7,7 +7,7 @@ from typing import Literal
 
 from brainjepa.masks import MaskConfig
 from brainjepa.model import ModelConfig
-from brainjepa.objective import ObjectiveConfig
+from brainjepa.pretext import PretextConfig
 from brainjepa.schedules import OptimConfig
 
 
@@ -79,7 +79,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masks: MaskConfig = field(default_factory=MaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -123,7 +123,7 @@ def build_engine(cfg: PretrainConfig, gradients: np.ndarray | None) -> PretrainE
 
     torch.manual_seed(cfg.train.seed)
     grads = torch.from_numpy(np.asarray(gradients, dtype=np.float32)) if gradients is not None else None
-    model = BrainJEPA(cfg.model, grads, cfg.objective)
+    model = BrainJEPA(cfg.model, grads, cfg.pretext)
     device = ray.train.torch.get_device()
     model.to(device)
     student = ray.train.torch.prepare_model(model.student, move_to_device=False)

@@ -15,7 +15,7 @@ from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pr
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.monitors import LEARNING_MONITORS, PositionFloor
-from brainjepa.objective import ObjectiveConfig
+from brainjepa.pretext import PretextConfig
 from brainjepa.schedules import OptimConfig
 
 
@@ -81,7 +81,7 @@ def test_fan_in_init_scales_with_width() -> None:
 
 def test_copy_objective_targets_the_normalised_patch_and_skips_the_ema() -> None:
     cfg = ModelConfig(size="tiny", n_rois=6, frames=16, patch=8, n_gradients=2)
-    model = BrainJEPA(cfg, torch.randn(6, 2), ObjectiveConfig(target="copy"))
+    model = BrainJEPA(cfg, torch.randn(6, 2), PretextConfig(target="copy"))
     series = torch.randn(3, 6, 16)
     index = torch.tensor([[0, 5, 11]] * 3)
     raw, targets = model.targets(series, index)
@@ -96,11 +96,11 @@ def test_copy_objective_targets_the_normalised_patch_and_skips_the_ema() -> None
     assert math.isfinite(metrics["loss"])
 
 
-def test_objective_config_is_checked() -> None:
+def test_pretext_config_is_checked() -> None:
     with pytest.raises(ValueError, match="reg_weight"):
-        ObjectiveConfig(regularizer="sigreg")
+        PretextConfig(regularizer="sigreg")
     with pytest.raises(ValueError, match="reg_weight"):
-        ObjectiveConfig(reg_weight=-1.0)
+        PretextConfig(reg_weight=-1.0)
 
 
 def test_learning_monitors_on_monitored_steps_only() -> None:
@@ -124,8 +124,8 @@ def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None
     updated = {}
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        objective = ObjectiveConfig(regularizer=regularizer if weight else "none", reg_weight=weight)
-        engine = PretrainEngine(BrainJEPA(cfg, torch.randn(8, 2), objective), OptimConfig(), total_steps=2)
+        pretext = PretextConfig(regularizer=regularizer if weight else "none", reg_weight=weight)
+        engine = PretrainEngine(BrainJEPA(cfg, torch.randn(8, 2), pretext), OptimConfig(), total_steps=2)
         metrics = engine.train_step([batch])
         assert logged <= set(metrics) if weight else not logged & set(metrics)
         updated[weight] = engine.model.student.encoder.blocks[0].attn.qkv.weight.clone()
@@ -143,7 +143,7 @@ def test_copy_task_is_learned_with_qk_norm_and_fan_in_init() -> None:
     cfg = load_config(LocalPretrainConfig, None, [
         "model.size=tiny", "model.n_rois=32", "model.frames=64", "model.patch=8", "model.n_gradients=8",
         "model.qk_norm=true", "model.init=fan_in", "optim.lr=1e-3", "optim.start_lr=1e-4", "optim.loss=l2",
-        "objective.target=copy", "steps=1000", "monitor_every=50", "seed=0",
+        "pretext.target=copy", "steps=1000", "monitor_every=50", "seed=0",
     ])
     learned = None
     for _, metrics in local_pretraining(cfg, cohort):

@@ -1,4 +1,7 @@
-"""What the student is trained to predict, and the anti-collapse terms added to the loss.
+"""The pretext task: what the student is trained to predict, and the anti-collapse terms added to the loss.
+
+Configured as the ``pretext:`` section of pretraining configs (``objective:`` in a sweep config is
+something else: how a trial is scored).
 
 ``target``:
 
@@ -32,7 +35,7 @@ from brainjepa.regularizers import sigreg_loss, vicreg_loss
 
 
 @dataclass
-class ObjectiveConfig:
+class PretextConfig:
     """Prediction target and anti-collapse regulariser of pretraining."""
 
     target: Literal["ema", "copy"] = "ema"
@@ -44,21 +47,21 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.reg_weight < 0:
-            raise ValueError(f"objective.reg_weight={self.reg_weight}: expected >= 0")
+            raise ValueError(f"pretext.reg_weight={self.reg_weight}: expected >= 0")
         if self.regularizer != "none" and self.reg_weight == 0:
             raise ValueError(
-                f"objective.regularizer={self.regularizer!r} with objective.reg_weight=0 does nothing; "
-                "give a weight (e.g. objective.reg_weight=0.05) or set objective.regularizer=none"
+                f"pretext.regularizer={self.regularizer!r} with pretext.reg_weight=0 does nothing; "
+                "give a weight (e.g. pretext.reg_weight=0.05) or set pretext.regularizer=none"
             )
         if self.sigreg_slices < 1 or self.reg_max_rows < 2:
-            raise ValueError("objective.sigreg_slices must be >= 1 and objective.reg_max_rows >= 2")
+            raise ValueError("pretext.sigreg_slices must be >= 1 and pretext.reg_max_rows >= 2")
 
     @property
     def active(self) -> bool:
         return self.regularizer != "none"
 
 
-def regularized_rows(context: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
+def regularized_rows(context: torch.Tensor, cfg: PretextConfig) -> torch.Tensor:
     """The (rows, D) embeddings the regulariser sees: tokens or per-sample pooled context."""
     if cfg.reg_on == "pooled":
         return context.mean(dim=1)
@@ -69,7 +72,7 @@ def regularized_rows(context: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tenso
 
 
 def regularizer_loss(
-    context: torch.Tensor, cfg: ObjectiveConfig, generator: torch.Generator | None = None
+    context: torch.Tensor, cfg: PretextConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Unweighted regulariser on ``context`` (B, Nc, D) and its parts, for logging."""
     rows = regularized_rows(context, cfg).float()
