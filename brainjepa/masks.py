@@ -27,15 +27,7 @@ import torch
 REGIONS = ("cross_roi", "cross_time", "double_cross")
 
 MASK_PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC section 3 / the paper's ranges: exactly the MaskConfig field defaults.
-    "paper": {
-        "cross_roi_scale": (0.45, 0.6),
-        "observed_roi_scale": (0.84, 1.0),
-        "observed_time_scale": (0.84, 1.0),
-        "cross_roi_time_scale": (0.2, 0.6),
-        "cross_time_roi_scale": (0.15, 0.3),
-        "double_cross_roi_scale": (0.15, 0.3),
-    },
+    # "paper" (SPEC section 3: the paper's ranges, i.e. the MaskConfig field defaults) is added below the class.
     # What the authors' code (Eric-LRL/Brain-JEPA, src/masks/spatialtemporal_multiblock.py with
     # configs/ukb_vitb_ep300.yaml, batch 16) effectively trains on at 450 x 10, after it truncates every
     # sample's context and target to the batch minimum, with regions classified by position: per sample
@@ -101,15 +93,17 @@ class MaskConfig:
             for name, value in MASK_PRESETS[self.preset].items():
                 if name not in explicit:
                     setattr(self, name, value)
-        for name in (
-            "cross_roi_scale", "observed_roi_scale", "observed_time_scale", "cross_roi_time_scale",
-            "cross_time_roi_scale", "double_cross_roi_scale",
-        ):
+        for name in RATIO_FIELDS:
             lo, hi = getattr(self, name)
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"masks.{name}={(lo, hi)}: expected 0 < low <= high <= 1")
         if self.min_context < 1:
             raise ValueError(f"masks.min_context={self.min_context}: expected >= 1")
+
+
+RATIO_FIELDS = tuple(f.name for f in fields(MaskConfig) if f.name.endswith("_scale"))
+"""The (low, high) ratio ranges of ``MaskConfig``: what a preset sets."""
+MASK_PRESETS["paper"] = {f.name: f.default for f in fields(MaskConfig) if f.name in RATIO_FIELDS}
 
 
 @dataclass

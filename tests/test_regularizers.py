@@ -229,7 +229,7 @@ def test_ddp_global_batch_equals_single_process(tmp_path: Path) -> None:
     single = _losses_and_grads(torch.from_numpy(full))
 
     mp.spawn(_ddp_worker, args=(world_size, _free_port(), full, str(tmp_path)), nprocs=world_size, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     for name in ("sigreg", "vicreg"):
         for result in ranks:
             torch.testing.assert_close(result[f"{name}_loss"], single[f"{name}_loss"], atol=1e-5, rtol=0)
