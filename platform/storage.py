@@ -4,17 +4,23 @@ S3 settings come from the standard AWS environment variables (``AWS_ACCESS_KEY_I
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``) plus
 ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` for S3-compatible servers. Credentials are never
 logged or written anywhere; a missing credential is an error (the SDK would otherwise probe a
-metadata address). Writes are atomic for readers and retried with backoff.
+metadata address). Writes are atomic for readers. Transient errors (network, throttling, 5xx) are
+retried with jittered backoff in one layer (:func:`with_retries`); missing files, denied access and bad
+requests fail at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
+import re
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -56,17 +62,24 @@ def _s3_filesystem(retries: int) -> pafs.S3FileSystem:
             "s3:// URIs need credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(and AWS_ENDPOINT_URL for an S3-compatible server)"
         )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return _cached_s3_filesystem(retries, key, secret, os.environ.get("AWS_SESSION_TOKEN"), region, s3_endpoint())
+
+
+@lru_cache(maxsize=16)
+def _cached_s3_filesystem(retries: int, key: str, secret: str, token: str | None, region: str,
+                          endpoint: str | None) -> pafs.S3FileSystem:
+    """One filesystem per settings (kept in memory only; the key is never logged)."""
     kwargs: dict[str, Any] = {
         "access_key": key,
         "secret_key": secret,
-        "session_token": os.environ.get("AWS_SESSION_TOKEN"),
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "session_token": token,
+        "region": region,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries),
         "connect_timeout": 5,
         "request_timeout": 30,
         "allow_bucket_creation": True,
     }
-    endpoint = s3_endpoint()
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -89,22 +102,70 @@ def resolve(uri: str | os.PathLike, retries: int = 3) -> Location:
     raise StorageError(f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file:// or s3://")
 
 
+TRANSIENT_ERRNOS = frozenset({
+    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+    errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH,
+})
+"""Local/socket errno values worth a second try (a busy or briefly unreachable store)."""
+
+TRANSIENT_S3 = re.compile(
+    r"NETWORK_CONNECTION|SLOW_DOWN|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|THROTTLING|REQUEST_TIMEOUT|"
+    r"REQUEST_TIME_TOO_SKEWED|HTTP status (?:429|5\d\d)|curlCode"
+)
+"""pyarrow's S3 error text for the AWS SDK's retryable errors (network, throttling, 5xx); anything else
+(ACCESS_DENIED, NoSuchBucket, HTTP 400/403, ...) fails the same way on every attempt."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` can help: network and throttling errors yes; missing files, denied
+    access, bad requests no."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        FileExistsError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    return isinstance(exc, OSError) and bool(TRANSIENT_S3.search(str(exc)))
+
+
 def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run ``action``; on OSError retry with exponential backoff, then raise a StorageError."""
+    """Run ``action``; retry transient errors (:func:`is_transient`) with jittered exponential backoff,
+    then raise a :class:`StorageError` naming ``what`` (a non-transient error at once, not retried).
+
+    This is the only retry layer for the calls it wraps: they run on a filesystem without pyarrow's
+    own S3 retries (:func:`single_attempt`), so ``attempts`` is the number of requests made.
+    """
     delay, start = base_delay, time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except OSError as exc:  # pyarrow raises OSError subclasses for I/O and network failures
-            if attempt == attempts:
+            transient = is_transient(exc)
+            if not transient or attempt == attempts:
                 elapsed = time.monotonic() - start
-                raise StorageError(
-                    f"{what} failed after {attempts} attempts over {elapsed:.0f}s: {str(exc).rstrip('.')}. "
-                    "Check that the object store is reachable (AWS_ENDPOINT_URL) and the credentials are valid."
-                ) from exc
-            time.sleep(delay)
+                tried = (f"after {attempts} attempts over {elapsed:.0f}s" if transient
+                         else "(not retried: not a transient error)")
+                hint = ("Check the credentials (AWS_ACCESS_KEY_ID) and their permissions on this bucket."
+                        if "ACCESS_DENIED" in str(exc) else
+                        "Check that the object store is reachable (AWS_ENDPOINT_URL) and the credentials are valid."
+                        if transient else "")
+                raise StorageError(f"{what} failed {tried}: {str(exc).rstrip('.')}. {hint}".rstrip()) from exc
+            time.sleep(delay * (0.5 + 0.5 * _jitter.random()))  # "equal jitter": spreads synchronized retries
             delay *= 2
     raise AssertionError("unreachable")
+
+
+_jitter = random.Random()
+
+
+def single_attempt(loc: Location) -> Location:
+    """``loc`` on a filesystem that makes each request once (for calls wrapped in :func:`with_retries`);
+    the filesystem in ``loc`` itself keeps pyarrow's S3 retries for readers that have no other layer
+    (Ray Data read tasks, Ray Train checkpoint uploads)."""
+    if not loc.is_s3:
+        return loc
+    return Location(_s3_filesystem(1), loc.path, loc.uri)
 
 
 def write_bytes(loc: Location, data: bytes, attempts: int = 5, base_delay: float = 0.5) -> None:
@@ -114,15 +175,17 @@ def write_bytes(loc: Location, data: bytes, attempts: int = 5, base_delay: float
     which only becomes visible once complete.
     """
 
+    fs = single_attempt(loc).fs
+
     def put() -> None:
         if loc.is_s3:
-            with loc.fs.open_output_stream(loc.path, compression=None) as out:
+            with fs.open_output_stream(loc.path, compression=None) as out:
                 out.write(data)
             return
         parent = os.path.dirname(loc.path)
-        loc.fs.create_dir(parent, recursive=True)
+        fs.create_dir(parent, recursive=True)
         tmp = os.path.join(parent, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
-        with loc.fs.open_output_stream(tmp, compression=None) as out:
+        with fs.open_output_stream(tmp, compression=None) as out:
             out.write(data)
         os.replace(tmp, loc.path)
 
@@ -130,8 +193,10 @@ def write_bytes(loc: Location, data: bytes, attempts: int = 5, base_delay: float
 
 
 def read_bytes(loc: Location, attempts: int = 3) -> bytes:
+    fs = single_attempt(loc).fs
+
     def get() -> bytes:
-        with loc.fs.open_input_stream(loc.path, compression=None) as stream:  # bytes as stored
+        with fs.open_input_stream(loc.path, compression=None) as stream:  # bytes as stored
             return stream.read()
 
     try:
@@ -143,7 +208,7 @@ def read_bytes(loc: Location, attempts: int = 3) -> bytes:
 
 
 def exists(loc: Location) -> bool:
-    info = with_retries(lambda: loc.fs.get_file_info(loc.path), f"checking {loc.uri}", 3, 0.2)
+    info = with_retries(lambda: single_attempt(loc).fs.get_file_info(loc.path), f"checking {loc.uri}", 3, 0.2)
     return info.type != pafs.FileType.NotFound
 
 
@@ -158,7 +223,7 @@ def read_json(loc: Location) -> Any:
 def list_files(loc: Location, suffix: str = "") -> list[Location]:
     """Files under ``loc`` (recursively) whose names end with ``suffix``, sorted by path."""
     selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
-    infos = with_retries(lambda: loc.fs.get_file_info(selector), f"listing {loc.uri}", 3, 0.2)
+    infos = with_retries(lambda: single_attempt(loc).fs.get_file_info(selector), f"listing {loc.uri}", 3, 0.2)
     out = []
     for info in infos:
         if info.type == pafs.FileType.File and info.path.endswith(suffix):
@@ -171,6 +236,7 @@ def ensure_bucket(loc: Location) -> None:
     """Create the bucket of an s3 location if missing (for local stores: the directory)."""
     if loc.is_s3:
         bucket = loc.path.split("/", 1)[0]
-        with_retries(lambda: loc.fs.create_dir(bucket, recursive=False), f"creating bucket {bucket}", 3, 0.2)
+        fs = single_attempt(loc).fs
+        with_retries(lambda: fs.create_dir(bucket, recursive=False), f"creating bucket {bucket}", 3, 0.2)
     else:
         loc.fs.create_dir(loc.path, recursive=True)
