@@ -102,11 +102,24 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
             f"{cls.__name__} takes {sorted(types_by_name)}"
         )
+    section_defaults = {f.name: f.metadata.get(SECTION_DEFAULTS) for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
+        if isinstance(value, dict) and section_defaults[name]:
+            value = {**section_defaults[name], **value}  # a partial section keeps the parent's own defaults
         kwargs[name] = _coerce(value, types_by_name[name], key)
     return cls(**kwargs)
+
+
+SECTION_DEFAULTS = "section_defaults"
+
+
+def section(cls: type[T], **defaults: Any) -> Any:
+    """A nested config field whose defaults differ from ``cls``'s own (e.g. a tiny model in a local
+    config). Overriding one key of it (``model.n_rois=16``) keeps the others: they are merged into
+    the given keys before ``cls`` is built, so fields derived in ``__post_init__`` follow overrides."""
+    return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={SECTION_DEFAULTS: defaults})
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from brainjepa.config import section
 from brainjepa.gradients import diffusion_map, group_fc
 from brainjepa.jepa import BrainJEPA, PretrainEngine
 from brainjepa.masks import MaskCollator, MaskConfig
@@ -21,17 +22,13 @@ from brainjepa.schedules import OptimConfig
 from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
 
 
-def _tiny_model() -> ModelConfig:
-    return ModelConfig(size="tiny", n_rois=32, frames=64, patch=8, n_gradients=8)
-
-
 @dataclass
 class LocalPretrainConfig:
     """A small single-process pretraining run on a synthetic cohort."""
 
-    model: ModelConfig = field(default_factory=_tiny_model)
+    model: ModelConfig = section(ModelConfig, size="tiny", n_rois=32, frames=64, patch=8, n_gradients=8)
     masks: MaskConfig = field(default_factory=MaskConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, start_lr=2e-4, warmup_fraction=0.1))
+    optim: OptimConfig = section(OptimConfig, lr=2e-3, start_lr=2e-4, warmup_fraction=0.1)
     pretext: PretextConfig = field(default_factory=PretextConfig)
     steps: int = 80
     monitor_every: int = 10

@@ -47,3 +47,16 @@ def test_shipped_demo_config_loads() -> None:
     path = Path(__file__).resolve().parents[1] / "configs" / "local" / "demo.yaml"
     cfg = load_config(LocalPretrainConfig, path)
     assert cfg == LocalPretrainConfig()  # the file spells out the built-in defaults
+
+
+def test_a_partial_section_override_keeps_the_sections_own_defaults(tmp_path) -> None:
+    """``model.n_rois=16`` on the local config changes one key of its tiny model, not the model's size."""
+    cfg = load_config(LocalPretrainConfig, None, ["model.n_rois=16", "optim.lr=1e-3"])
+    default = LocalPretrainConfig()
+    assert (cfg.model.size, cfg.model.n_rois, cfg.model.frames, cfg.model.dim) == ("tiny", 16, 64, default.model.dim)
+    assert (cfg.optim.lr, cfg.optim.start_lr) == (1e-3, default.optim.start_lr)
+    # a derived field follows an overridden preset
+    assert load_config(LocalPretrainConfig, None, ["model.size=small"]).model.dim == 384
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  frames: 32\n")
+    assert load_config(LocalPretrainConfig, path).model.n_rois == default.model.n_rois
