@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from brainjepa.flops import pretrain_step_flops
 from brainjepa.jepa import BrainJEPA, PretrainEngine
@@ -67,9 +69,15 @@ def benchmark_step(
     dtype: str = "float32",
     seed: int = 0,
     masks: MaskConfig | None = None,
+    progress: bool = True,
+    peak_size: int | None = None,
 ) -> StepBenchmark:
     """Time ``steps`` full steps (target forward, context forward, predictor, backward, AdamW, EMA)
-    after ``warmup`` untimed ones; FLOPs are counted from each step's actual mask sizes."""
+    after ``warmup`` untimed ones; FLOPs are counted from each step's actual mask sizes.
+
+    ``progress``: a bar on stderr (stdout stays free for ``--json``), one tick per step, the two matmul
+    peak measurements shown as they run. ``peak_size``: side of the peak's square matmul (default by device).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gradients = torch.from_numpy(rng.standard_normal((model_cfg.n_rois, model_cfg.n_gradients))).float()
@@ -81,6 +89,9 @@ def benchmark_step(
     ).to(device)
     dev = torch.device(device)
 
+    bar = tqdm(total=warmup + steps, desc=f"bench step {model_cfg.size}", unit="step", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+
     def one_step() -> tuple[float, float, int, int]:
         m = collator.next_masks(batch)
         b = m.to_torch()
@@ -90,17 +101,25 @@ def benchmark_step(
         engine.train_step([b])
         _sync(dev)
         flops = pretrain_step_flops(model_cfg, batch, m.context.shape[1], m.target.shape[1]).total
-        return time.perf_counter() - t0, flops, m.context.shape[1], m.target.shape[1]
+        seconds = time.perf_counter() - t0
+        bar.set_postfix_str(f"{seconds:.2f}s/step")
+        bar.update()
+        return seconds, flops, m.context.shape[1], m.target.shape[1]
 
-    for _ in range(warmup):
-        one_step()
-    # the peak is taken before and after the timed steps (best of both): on a shared machine a
-    # single reading may land in a slow moment and flatter the ratio
-    peak_before = matmul_peak_gflops(dev, dtype)
-    timings = [one_step() for _ in range(steps)]
+    def peak() -> float:
+        bar.set_postfix_str("matmul peak")
+        return matmul_peak_gflops(dev, dtype, size=peak_size)
+
+    with bar:
+        for _ in range(warmup):
+            one_step()
+        # the peak is taken before and after the timed steps (best of both): on a shared machine a
+        # single reading may land in a slow moment and flatter the ratio
+        peak_before = peak()
+        timings = [one_step() for _ in range(steps)]
+        peak_gflops = max(peak_before, peak())
     seconds = sum(t[0] for t in timings)
     flops = sum(t[1] for t in timings)
-    peak = max(peak_before, matmul_peak_gflops(dev, dtype))
     achieved = flops / seconds / 1e9
     return StepBenchmark(
         model=model_cfg.size,
@@ -112,8 +131,8 @@ def benchmark_step(
         samples_per_s=batch * steps / seconds,
         step_tflop=flops / steps / 1e12,
         achieved_gflops=achieved,
-        matmul_peak_gflops=peak,
-        mfu=achieved / peak,
+        matmul_peak_gflops=peak_gflops,
+        mfu=achieved / peak_gflops,
         context_tokens=float(np.mean([t[2] for t in timings])),
         target_tokens=float(np.mean([t[3] for t in timings])),
     )

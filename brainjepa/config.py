@@ -169,7 +169,8 @@ def read_yaml_with_extends(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str
     """A YAML mapping; ``extends: other.yaml`` (relative to the file) is loaded first and overlaid."""
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'extends' loops back to itself")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    with path.open() as stream:  # YAML errors then name the file
+        loaded = yaml.safe_load(stream) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = loaded.pop("extends", None)

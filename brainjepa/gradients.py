@@ -32,6 +32,7 @@ from brainjepa import __version__
 KERNELS = ("normalized_angle", "cosine")
 ARTIFACT_FORMAT = "brainjepa.gradients"
 ARTIFACT_VERSION = 1
+DEFAULT_COMPONENTS = 30  # gradients per artifact unless asked (R-1 for atlases with fewer ROIs)
 
 
 def pearson_fc(series: np.ndarray) -> np.ndarray:
@@ -110,6 +111,27 @@ def affinity(fc: np.ndarray, kernel: str = "normalized_angle", sparsity: float =
     return 1.0 - np.arccos(cos) / np.pi
 
 
+def default_components(n_rois: int) -> int:
+    """``DEFAULT_COMPONENTS`` (30), or R-1 for atlases with fewer ROIs (at least 1)."""
+    return max(1, min(DEFAULT_COMPONENTS, n_rois - 1))
+
+
+def check_params(n_rois: int, n_components: int, kernel: str = "normalized_angle", sparsity: float = 0.9,
+                 alpha: float = 0.5) -> None:
+    """Raise a ValueError naming the parameter when these settings cannot give gradients of ``n_rois``
+    ROIs: cheap, so callers check before they compute a group FC matrix."""
+    if n_rois < 2:
+        raise ValueError(f"gradients need at least 2 ROIs, got {n_rois}")
+    if not 1 <= n_components < n_rois:
+        raise ValueError(f"n_components={n_components} must be between 1 and R-1={n_rois - 1} "
+                         f"for {n_rois} ROIs")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: expected normalized_angle or cosine")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha} must be in [0, 1]")
+    n_kept(n_rois, sparsity)
+
+
 def _check_connected(w: np.ndarray) -> None:
     edges = w > 0
     if edges.all():  # the usual case (normalized_angle): skip the graph search
@@ -134,7 +156,7 @@ def _symmetric_operator(w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nda
 
 def diffusion_map(
     fc: np.ndarray,
-    n_components: int = 30,
+    n_components: int = DEFAULT_COMPONENTS,
     kernel: str = "normalized_angle",
     sparsity: float = 0.9,
     alpha: float = 0.5,
@@ -150,10 +172,7 @@ def diffusion_map(
     if not np.isfinite(fc).all():
         raise ValueError("connectivity contains NaN or infinite values")
     r = fc.shape[0]
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha={alpha} must be in [0, 1]")
-    if not 1 <= n_components < r:
-        raise ValueError(f"n_components={n_components} must be between 1 and R-1={r - 1}")
+    check_params(r, n_components, kernel, sparsity, alpha)
     with _one_blas_thread():
         w = affinity(fc, kernel, sparsity)
         _check_connected(w)
@@ -200,7 +219,7 @@ def default_roi_labels(n_rois: int) -> list[str]:
 class GradientParams:
     """How the gradients were computed; ``aligned_to`` names the Procrustes reference, if any."""
 
-    n_components: int = 30
+    n_components: int = DEFAULT_COMPONENTS
     kernel: str = "normalized_angle"
     sparsity: float = 0.9
     alpha: float = 0.5

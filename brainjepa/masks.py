@@ -13,11 +13,17 @@ effective geometry) are selected with ``masks.preset=<name>``.
 
 Region sizes are drawn once per batch (as I-JEPA does), so every sample of a batch has the same
 token counts and nothing is truncated; positions are drawn per sample. Every draw comes from a
-``numpy.random.Generator`` seeded from (seed, stream, batch counter): masks are reproducible.
+``numpy.random.Generator`` seeded from (seed, stream, key), the key naming the batch (e.g. its training
+step and micro-batch): masks are reproducible whichever thread draws them and in whatever order, and a
+resumed run draws the same masks at the same step as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Self
 
@@ -209,8 +215,9 @@ def _tokens(rois: np.ndarray, times: np.ndarray, n_time_patches: int) -> np.ndar
 class MaskCollator:
     """Stacks a batch of (R, T) series and draws its masks from a seeded stream.
 
-    ``stream`` separates independent mask streams (e.g. one per data-loading worker); the n-th call
-    of a collator with the same (seed, stream) always draws the same masks.
+    ``masks_for(key, batch_size)`` is a pure function of (seed, stream, key): the same key gives the same
+    masks in any thread and any order. ``stream`` separates independent mask streams (e.g. one per
+    training worker). ``next_masks`` numbers its calls (thread-safely) and uses the call number as the key.
     """
 
     def __init__(self, cfg: MaskConfig, n_rois: int, n_time_patches: int, seed: int = 0, stream: int = 0):
@@ -218,17 +225,64 @@ class MaskCollator:
         self.seed = seed
         self.stream = stream
         self.calls = 0
+        self._lock = threading.Lock()
+
+    def masks_for(self, key: Sequence[int], batch_size: int) -> MaskBatch:
+        """The masks of the batch named by ``key`` (non-negative ints, e.g. (step, micro-batch))."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.stream, *key]))
+        return self.sampler.sample(batch_size, rng)
 
     def next_masks(self, batch_size: int) -> MaskBatch:
-        rng = np.random.default_rng([self.seed, self.stream, self.calls])
-        self.calls += 1
-        return self.sampler.sample(batch_size, rng)
+        with self._lock:
+            call = self.calls
+            self.calls += 1
+        return self.masks_for((call,), batch_size)
 
     def __call__(self, series: list[np.ndarray] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         x = torch.as_tensor(np.stack(series) if isinstance(series, list) else series, dtype=torch.float32)
         out = self.next_masks(x.shape[0]).to_torch()
         out["series"] = x
         return out
+
+
+class MaskStream:
+    """``masks_for`` over a sequence of keys, drawn ``ahead`` keys in advance in one background thread,
+    so that whoever consumes the masks in order (the training loop) never waits for them.
+
+    Iterating yields ``(key, masks)`` in key order; ``close`` (or the end of a ``with`` block) stops it.
+    """
+
+    def __init__(self, collator: MaskCollator, batch_size: int, keys: Iterable[Sequence[int]], ahead: int = 2):
+        self.collator, self.batch_size = collator, batch_size
+        self._keys = iter(keys)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainjepa-masks")
+        self._pending: deque[tuple[Sequence[int], Future[MaskBatch]]] = deque()
+        for _ in range(max(1, ahead)):
+            self._submit()
+
+    def _submit(self) -> None:
+        key = next(self._keys, None)
+        if key is not None:
+            self._pending.append((key, self._pool.submit(self.collator.masks_for, key, self.batch_size)))
+
+    def __iter__(self) -> Iterator[tuple[Sequence[int], MaskBatch]]:
+        return self
+
+    def __next__(self) -> tuple[Sequence[int], MaskBatch]:
+        if not self._pending:
+            raise StopIteration
+        key, future = self._pending.popleft()
+        self._submit()
+        return key, future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> MaskStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def classify_targets(context: np.ndarray, target: np.ndarray, n_time_patches: int) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Ray job entry point for downstream evaluation.
 
     ray job submit --address http://HEAD:8265 --runtime-env-json '{"working_dir": "local:///home/ray/brainjepa"}' -- \\
-        python jobs/evaluate.py --model models:/brainjepa-encoder@current --data s3://bucket/cohort --target age
+        python jobs/evaluate.py --data s3://bucket/cohort --target age
+
+``--model`` defaults to ``models:/brainjepa-encoder-<atlas>-<n_rois>@current`` of the dataset's atlas.
 
 Runs inside the cluster (RAY_ADDRESS is set by the job), exactly as `brainjepa evaluate`.
 """

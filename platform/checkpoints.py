@@ -4,9 +4,11 @@ newest intact one in the run's storage.
 A checkpoint directory holds ``engine.pt`` (model, optimizer, schedule position) and ``meta.json``
 (step, run id, resolved config and the SHA-256 of ``engine.pt``). Ray Train uploads the directory
 when the worker reports it; the controller registers it a little later. When the object store fails
-in between (or the process dies), Ray Train's own record may still name an older checkpoint, or none:
-``latest_intact`` then finds the newest directory whose files are complete and whose hash matches, so
-a restarted or rerun job never loses more than one checkpoint interval and never loads a torn file.
+in between (or the process dies), Ray Train's own record may still name an older checkpoint, or none,
+and the newest directory may hold a torn file. ``newest_intact`` lists the run's checkpoint
+directories newest first and verifies each: a restarted or rerun job resumes from the newest intact
+one (never losing more than one checkpoint interval per torn checkpoint, never loading a torn file),
+and ``describe`` says which were skipped and why.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +54,67 @@ def read_local_checkpoint(directory: Path) -> dict[str, Any]:
     return load_engine_state((directory / ENGINE_FILE).read_bytes(), meta, str(directory))
 
 
-def latest_intact(run_dir: Location) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(engine state, meta) of the newest intact checkpoint under ``run_dir``, or None."""
-    candidates = []
+@dataclass
+class Skipped:
+    """A checkpoint directory that could not be used, and why."""
+
+    uri: str
+    step: int | None
+    reason: str
+
+
+@dataclass
+class Selection:
+    """The newest intact checkpoint of a run (``state`` None when there is none) and the newer ones skipped."""
+
+    state: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    uri: str = ""
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def step(self) -> int | None:
+        return None if self.state is None else int(self.state["step"])
+
+
+def _directory(meta_loc: Location) -> Location:
+    cut = len(META_FILE) + 1
+    return Location(meta_loc.fs, meta_loc.path[:-cut], meta_loc.uri[:-cut])
+
+
+def newest_intact(run_dir: Location) -> Selection:
+    """The newest checkpoint under ``run_dir`` (by step) whose ``engine.pt`` is complete, matches the hash
+    in its ``meta.json`` and loads; the directories tried before it (or unreadable) go in ``skipped``."""
+    selection, candidates = Selection(), []
     for meta_loc in list_files(run_dir, suffix="/" + META_FILE):
+        directory = _directory(meta_loc)
         try:
             meta = json.loads(read_bytes(meta_loc))
-        except Exception:  # noqa: BLE001 - an unreadable meta file is not a checkpoint
-            continue
-        candidates.append((int(meta.get("step", -1)), meta_loc, meta))
-    for _, meta_loc, meta in sorted(candidates, key=lambda c: c[0], reverse=True):
-        engine_loc = Location(meta_loc.fs, meta_loc.path[: -len(META_FILE)] + ENGINE_FILE,
-                              meta_loc.uri[: -len(META_FILE)] + ENGINE_FILE)
+            candidates.append((int(meta["step"]), directory.uri, directory, meta))
+        except Exception as exc:  # noqa: BLE001 - an unreadable meta file is not a checkpoint
+            selection.skipped.append(Skipped(directory.uri, None, f"{META_FILE} unreadable: {exc}"))
+    for step, _, directory, meta in sorted(candidates, key=lambda c: c[:2], reverse=True):
+        engine = directory.child(ENGINE_FILE)
         try:
-            return load_engine_state(read_bytes(engine_loc), meta, engine_loc.uri), meta
-        except Exception:  # noqa: BLE001 - missing, unreadable or torn: try the one before
+            selection.state = load_engine_state(read_bytes(engine), meta, engine.uri)
+        except Exception as exc:  # noqa: BLE001 - missing, unreadable or torn: try the one before
+            reason = str(exc).removeprefix(f"{engine.uri}: ").replace(engine.uri, ENGINE_FILE)
+            selection.skipped.append(Skipped(directory.uri, step, reason))
             continue
-    return None
+        selection.meta, selection.uri = meta, directory.uri
+        break
+    return selection
+
+
+def describe(selection: Selection, run_dir: Location) -> str | None:
+    """One line: the checkpoint resumed from and any newer ones skipped, with why (None: no checkpoint at all)."""
+    if selection.state is None and not selection.skipped:
+        return None
+    newest = "the newest intact one, " if selection.skipped else ""
+    used = (f"resuming from {newest}step {selection.step} at {selection.uri}" if selection.state is not None
+            else f"no intact checkpoint left in {run_dir.uri}: starting from step 0")
+    if not selection.skipped:
+        return used
+    skipped = "; ".join(f"step {s.step if s.step is not None else '?'} at {s.uri} ({s.reason})"
+                        for s in selection.skipped)
+    return f"skipped unusable checkpoint(s): {skipped}; {used}"

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
 from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
-from brainjepa_platform.storage import StorageError
+from brainjepa_platform.user_errors import (
+    DEBUG_ENV,
+    EXIT_BROKEN_PIPE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    debug_enabled,
+    user_error_message,
+)
+
+EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the traceback), 3 done with some
+inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
+141 the output pipe was closed (e.g. `| head`)."""
 
 
 def _print_table(rows: dict[str, object]) -> None:
@@ -72,11 +86,13 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline end to end on embedded defaults (see brainjepa_platform.demo)."""
+    from brainjepa_platform.cluster import init_ray, run_interruptible
     from brainjepa_platform.demo import DemoOptions, run_demo
 
     targets = tuple(t for t in args.targets.split(",") if t)
-    demo = run_demo(DemoOptions(subjects=args.subjects, minutes=args.minutes, out=args.out, workers=args.workers,
-                                targets=targets, seeds=args.seeds))
+    init_ray()  # in the main thread; the steps run in a worker thread so that Ctrl-C reaches this command
+    demo = run_interruptible(run_demo, DemoOptions(subjects=args.subjects, minutes=args.minutes, out=args.out,
+                                                   workers=args.workers, targets=targets, seeds=args.seeds))
     print()
     print(demo.summary())
     return 0
@@ -134,19 +150,22 @@ def cmd_pretrain_local(args: argparse.Namespace) -> int:
 
 def cmd_gradients(args: argparse.Namespace) -> int:
     """Diffusion-map gradients of a group FC matrix, saved as a versioned artifact (and plotted)."""
-    from brainjepa.gradients import GradientParams
+    from brainjepa.gradients import DEFAULT_COMPONENTS, GradientParams
     from brainjepa_platform.gradients import GradientsRequest, run_gradients
 
-    params = GradientParams(n_components=args.n_components, kernel=args.kernel, sparsity=args.sparsity,
-                            alpha=args.alpha)
+    params = GradientParams(n_components=args.n_components or DEFAULT_COMPONENTS, kernel=args.kernel,
+                            sparsity=args.sparsity, alpha=args.alpha)
     request = GradientsRequest(source=args.source, out=args.out, params=params, labels=args.labels,
-                               align_to=args.align_to, atlas=args.atlas, cohort=args.cohort, plot=args.plot)
+                               align_to=args.align_to, atlas=args.atlas, cohort=args.cohort, plot=args.plot,
+                               auto_components=args.n_components is None)
     summary = run_gradients(request)
+    if "note" in summary:
+        print(f"Note: {summary['note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     lam = ", ".join(f"{v:.4f}" for v in summary["eigenvalues"][:5])
-    print(f"Gradients of {summary['n_rois']} ROIs: {params.n_components} components ({params.kernel}, "
+    print(f"Gradients of {summary['n_rois']} ROIs: {summary['n_components']} components ({params.kernel}, "
           f"sparsity {params.sparsity}, alpha {params.alpha}); first eigenvalues {lam}")
     if summary["params"]["aligned_to"]:
         print(f"  Procrustes-aligned to {summary['params']['aligned_to']}")
@@ -155,7 +174,9 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__)
+    parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks of errors and Ray's own logs (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("masks", help="draw spatiotemporal masks, verify invariants, summarise (and plot)")
@@ -204,10 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
     p.set_defaults(func=cmd_pretrain_local)
 
-    p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix -> versioned artifact")
-    p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI)")
+    p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix or an ingested dataset "
+                                         "-> versioned artifact")
+    p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI), "
+                                                    "or an ingested dataset (path, file:// or s3://)")
     p.add_argument("--out", required=True, metavar="PATH", help="artifact to write (.npz)")
-    p.add_argument("--n-components", type=int, default=30)
+    p.add_argument("--n-components", type=int, help="number of gradients (default: 30, or R-1 for an atlas of "
+                                                    "R <= 30 ROIs)")
     p.add_argument("--kernel", default="normalized_angle", choices=["normalized_angle", "cosine"])
     p.add_argument("--sparsity", type=float, default=0.9, help="fraction of each FC row zeroed before the kernel")
     p.add_argument("--alpha", type=float, default=0.5, help="anisotropic diffusion parameter")
@@ -219,23 +243,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_gradients)
 
-    from brainjepa_platform import cli_data, cli_eval, cli_submit, cli_sweep, cli_train
+    from brainjepa_platform import cli_data, cli_eval, cli_submit, cli_sweep, cli_train, cli_weights
 
     cli_data.register(sub)
     cli_train.register(sub)
     cli_eval.register(sub)
     cli_submit.register(sub)
     cli_sweep.register(sub)
+    cli_weights.register(sub)
+    _debug_flag_everywhere(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _debug_flag_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` also after any subcommand (``brainjepa ingest ... --debug``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if not any("--debug" in a.option_strings for a in subparser._actions):
+                    subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                           help=argparse.SUPPRESS)
+                _debug_flag_everywhere(subparser)
+
+
+# What an interrupted command leaves behind (``{name}`` are its arguments); commands that know more
+# (pretrain, sweep) set ``args.on_interrupt`` themselves once their config is read.
+ON_INTERRUPT = {
+    "ingest": "chunks finished so far are kept in {out}; the same command redoes only the rest",
+    "demo": "finished steps are recorded in {out}/demo-state.json; the same command goes on from there",
+    "synth": "{out} may be unfinished; run the same command again, with --overwrite",
+}
+NOTHING_KEPT = "its outputs are written at the end, so nothing was kept; run the same command again"
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``ingest``, ``dataset info``, ``bench step``, ``submit pretrain``, ..."""
+    sub = getattr(args, "dataset_cmd", None) or getattr(args, "bench", None) or getattr(args, "kind", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """One line: where the command stopped, what is on disk, how to go on."""
+    note = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command, NOTHING_KEPT).format(**vars(args))
+    return f"brainjepa {command_name(args)}: interrupted (Ctrl-C); {note}"
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout went away (``| head``), rather than some other pipe or socket breaking."""
     try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, StorageError) as exc:
-        print(f"brainjepa {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout
+        return True
+
+
+def _close_stdout() -> None:
+    """Send whatever is still buffered for the departed reader nowhere (no error at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 error (one line on stderr), 3 some inputs quarantined
+    (ingest), 130 interrupted, 141 output pipe closed; tracebacks only for bugs (and with --debug)."""
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # Ray workers and jobs inherit it
+    else:  # MLflow's per-artifact progress bars (several per model loaded or registered)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
+    except KeyboardInterrupt:
+        print(interrupted_message(args), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            _close_stdout()
+            return EXIT_BROKEN_PIPE
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        if debug_enabled():
+            traceback.print_exc()
+        print(f"brainjepa {command_name(args)}: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -6,12 +6,16 @@ import argparse
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from brainjepa_platform.cluster import init_ray
-    from brainjepa_platform.embed import embed_dataset, write_embeddings
-    from brainjepa_platform.tracking import load_encoder, resolve_model_uri
+    import mlflow
 
+    from brainjepa_platform.cluster import init_ray
+    from brainjepa_platform.embed import default_model_uri, embed_dataset, write_embeddings
+    from brainjepa_platform.tracking import check_tracking_uri, load_encoder, resolve_model_uri
+
+    args.model = args.model or default_model_uri(args.data)
+    check_tracking_uri(mlflow.get_tracking_uri())
+    bundle = load_encoder(args.model)  # a model the registry does not know fails here, before Ray starts
     init_ray()
-    bundle = load_encoder(args.model)
     emb = embed_dataset(bundle, args.data, target_tr=args.target_tr or None, scaling=args.scaling,
                         per_roi=args.per_roi, batch_size=args.batch_size, workers=args.workers)
     path = write_embeddings(emb, args.out, {"model": resolve_model_uri(args.model), "data": args.data,
@@ -24,9 +28,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import mlflow
+
     from brainjepa.config import load_config
     from brainjepa_platform import tracking
-    from brainjepa_platform.cluster import init_ray
+    from brainjepa_platform.cluster import init_ray, run_interruptible
+    from brainjepa_platform.embed import default_model_uri
     from brainjepa_platform.evaluate import EvaluateConfig, log_evaluation, run_evaluation
 
     flags = {"model": args.model, "data": args.data, "target": args.target, "task": args.task, "mode": args.mode,
@@ -34,9 +41,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              "workers": args.workers, "target_tr": args.target_tr}
     cfg = load_config(EvaluateConfig, args.config, [f"{k}={v}" for k, v in flags.items() if v is not None]
                       + args.overrides)
+    cfg.model = cfg.model or default_model_uri(cfg.data)
+    for uri in {mlflow.get_tracking_uri(), cfg.tracking_uri or tracking.default_tracking_uri()}:  # load, log
+        tracking.check_tracking_uri(uri)
+    bundle = tracking.load_encoder(cfg.model)  # before Ray starts
     init_ray()
-    bundle = tracking.load_encoder(cfg.model)
-    evaluation = run_evaluation(cfg, bundle)
+    evaluation = run_interruptible(run_evaluation, cfg, bundle)  # Ctrl-C reaches this command (fine-tuning)
     tracking_uri = cfg.tracking_uri or tracking.default_tracking_uri()
     run_id = log_evaluation(evaluation, cfg, tracking_uri)
     print(f"{cfg.target} ({evaluation.comparison.task}, {cfg.mode}, {cfg.seeds} seeds, {evaluation.n_scans} scans"
@@ -49,7 +59,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed every scan of an ingested dataset with a registered encoder")
-    p.add_argument("--model", default="models:/brainjepa-encoder@current", help="MLflow model URI")
+    p.add_argument("--model", help="MLflow model URI (default: models:/brainjepa-encoder-<atlas>-<n_rois>@current "
+                                   "of the dataset's atlas)")
     p.add_argument("--data", required=True, help="ingested dataset URI (path, file:// or s3://)")
     p.add_argument("--out", required=True, help="output folder URI (embeddings.parquet + embeddings.json)")
     p.add_argument("--per-roi", action="store_true", help="also write per-ROI embeddings")
@@ -62,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="linear probe / fine-tune a registered encoder vs FC and random baselines")
     p.add_argument("--config", help="YAML config (EvaluateConfig); flags and key=value overrides win")
-    p.add_argument("--model", help="MLflow model URI (default models:/brainjepa-encoder@current)")
+    p.add_argument("--model", help="MLflow model URI (default: models:/brainjepa-encoder-<atlas>-<n_rois>@current "
+                                   "of the dataset's atlas)")
     p.add_argument("--data", help="ingested dataset URI with the target as a phenotype column")
     p.add_argument("--target", help="phenotype column, e.g. age, sex")
     p.add_argument("--task", choices=["auto", "classification", "regression"], help="default: inferred")

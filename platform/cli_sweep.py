@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-INTERRUPTED = 130  # like a shell's exit status after Ctrl+C: rerun the command to resume
+from brainjepa_platform.user_errors import EXIT_INTERRUPTED
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from brainjepa_platform.storage import resolve
     from brainjepa_platform.sweep import describe, run_sweep
     from brainjepa_platform.sweep_config import load_sweep_config
 
     cfg = load_sweep_config(args.config, args.overrides)
+    args.on_interrupt = (f"finished trials are kept in {resolve(cfg.storage_path).child(cfg.name).uri}; "
+                         "the same command resumes the sweep")
     result = run_sweep(cfg)
     print(describe(result, cfg.objective), end="")
-    return 0 if result.completed else INTERRUPTED
+    return 0 if result.completed else EXIT_INTERRUPTED  # Tune stopped on Ctrl-C
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,12 +6,25 @@ import argparse
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from brainjepa.config import load_config
+    from brainjepa.config import ConfigError, load_config
+    from brainjepa_platform import tracking
+    from brainjepa_platform.checkpoints import run_location
+    from brainjepa_platform.cluster import init_ray, run_interruptible
+    from brainjepa_platform.ingest import read_manifest
     from brainjepa_platform.pretrain import run_pretraining
     from brainjepa_platform.pretrain_config import PretrainConfig
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    result = run_pretraining(cfg)
+    tracking.check_tracking_uri(cfg.tracking.tracking_uri or None)
+    if not cfg.data.dataset:
+        raise ConfigError("data.dataset is empty: pass data.dataset=URI of an ingested dataset")
+    read_manifest(cfg.data.dataset)  # input errors before Ray starts
+    args.on_interrupt = (f"checkpoints so far are in {run_location(cfg.train.storage_path, cfg.train.name).uri}; "
+                         "the same command resumes from the newest")
+    # in the main thread (Ray sets its SIGTERM handler there; training runs in a worker thread), printing
+    # the rank-0 progress lines of the training workers
+    init_ray(worker_output=True)
+    result = run_interruptible(run_pretraining, cfg)
     print(f"Pretraining finished at step {result.steps}: loss {result.metrics.get('loss', float('nan')):.4f}, "
           f"validation loss {result.metrics.get('val_loss', float('nan')):.4f}")
     print(f"  MLflow run {result.run_id}; checkpoint {result.checkpoint}")

@@ -26,7 +26,7 @@ from brainjepa.preprocess import RobustStats, tiling_windows
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.shard_stream import shard_dataset
 from brainjepa_platform.storage import read_bytes, resolve, write_bytes, write_json
-from brainjepa_platform.tracking import EncoderBundle, target_encoder_state
+from brainjepa_platform.tracking import DEFAULT_ALIAS, EncoderBundle, encoder_model_name, target_encoder_state
 
 SERIES_COLUMNS = ["tr", "n_rois", "n_frames", "series"]
 
@@ -45,6 +45,14 @@ class Embeddings:
     """(n_scans, R, D) per-ROI embeddings when asked for."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Scans that could not be embedded, with the reason (e.g. shorter than the model's window)."""
+
+
+def default_model_uri(dataset_uri: str, alias: str = DEFAULT_ALIAS) -> str:
+    """The encoder registered for a dataset's atlas: ``models:/brainjepa-encoder-<atlas>-<n_rois>@<alias>``."""
+    if not dataset_uri:
+        raise ValueError("no model URI and no dataset to take the atlas from: pass --model or --data")
+    atlas = read_manifest(dataset_uri)["atlas"]
+    return f"models:/{encoder_model_name(atlas['name'], atlas['n_rois'])}@{alias}"
 
 
 def check_compatible(bundle: EncoderBundle, manifest: dict[str, Any], uri: str) -> None:
@@ -128,6 +136,9 @@ def scaled_for(bundle: EncoderBundle, manifest: dict[str, Any], scaling: str) ->
     if scaling not in ("dataset", "model"):
         raise ValueError(f"scaling must be 'dataset' or 'model', got {scaling!r}")
     if scaling == "model":
+        if bundle.stats is None:
+            raise ValueError(f"--scaling model: this model ({bundle.atlas}) was imported without robust-scaling "
+                             "statistics; use --scaling dataset")
         return bundle
     return dataclasses.replace(bundle, stats=RobustStats.from_dict(manifest["robust_stats"]))
 

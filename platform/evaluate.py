@@ -41,7 +41,8 @@ MODEL, RANDOM, FC = "brain-jepa", "random-encoder", "fc-baseline"
 class EvaluateConfig:
     """What to evaluate, on which cohort and target, and how."""
 
-    model: str = "models:/brainjepa-encoder@current"
+    model: str = ""
+    """MLflow model URI; empty: ``models:/brainjepa-encoder-<atlas>-<n_rois>@current`` of the dataset's atlas."""
     data: str = ""
     """URI of an ingested dataset with the target as a phenotype column."""
     target: str = ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -36,18 +37,27 @@ class Atlas:
     name: str
 
 
+def _is_index(cell: str) -> bool:
+    return cell.lstrip("-").isdigit()
+
+
 def read_labels(text: str, values_present: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Labels TSV/CSV: (index, name) rows, with or without header; or one name per line for 1..R."""
-    table = pd.read_csv(io.StringIO(text), sep=None, engine="python", header=None, dtype=str)
-    if table.shape[1] >= 2:
-        first = table.iloc[0]
-        if not str(first.iloc[0]).strip().lstrip("-").isdigit():  # header row
-            table = table.iloc[1:]
-        values = table.iloc[:, 0].astype(int).to_numpy()
-        names = table.iloc[:, 1].astype(str).str.strip().tolist()
+    """Labels file: (index, name) rows, tab-, comma- or space-separated, with or without a header row
+    (extra columns, e.g. colours, ignored); or one name per line for the values 1..R."""
+    rows = [line.strip() for line in text.splitlines() if line.strip()]
+    sep = "\t" if any("\t" in r for r in rows) else "," if any("," in r for r in rows) else None
+    cells = [[c.strip() for c in r.split(sep)] for r in rows]
+    if len(cells) > 1 and not _is_index(cells[0][0]) and _is_index(cells[1][0]) and len(cells[1]) > 1:
+        rows, cells = rows[1:], cells[1:]  # a header row
+    indexed = [len(c) > 1 and _is_index(c[0]) for c in cells]
+    if all(indexed) and cells:
+        values = np.array([int(c[0]) for c in cells])
+        names = [c[1] for c in cells]
+    elif not any(indexed):
+        values, names = np.arange(1, len(rows) + 1), rows
     else:
-        names = table.iloc[:, 0].astype(str).str.strip().tolist()
-        values = np.arange(1, len(names) + 1)
+        line = rows[indexed.index(False) if indexed[0] else indexed.index(True)]
+        raise ValueError(f"labels file: expected (index, name) rows or one name per line, found both (e.g. {line!r})")
     keep = values != 0  # background
     return values[keep], [n for n, k in zip(names, keep) if k]
 
@@ -224,6 +234,48 @@ def read_table(raw: bytes, name: str, n_rois: int | None, orientation: str) -> t
         orientation = "rois-by-time" if arr.shape[0] == n_rois else "time-by-rois"
     arr = arr if orientation == "rois-by-time" else arr.T
     return np.asarray(arr, dtype=np.float64), labels
+
+
+@dataclass
+class TableShape:
+    """What a glance at an ROI table tells: the ROI counts it can have and its header's labels, if any."""
+
+    roi_counts: set[int]
+    labels: list[str] | None
+
+
+def _npy_shape(head: bytes) -> tuple[int, ...]:
+    stream = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return tuple(read(stream)[0])
+    except ValueError as exc:
+        raise BadInput(f"not a readable .npy array ({exc})") from None
+
+
+def table_shape(head: bytes, name: str, orientation: str, whole: Callable[[], bytes]) -> TableShape:
+    """The ROI counts an ROI table can have, from its first bytes (``head``; ``whole()`` reads the rest
+    only when the row count matters: no header of labels and ROIs possibly on the rows), parsed as
+    :func:`read_table` parses it. ``auto`` orientation without a header allows either dimension."""
+    labels, rows = None, None
+    if name.endswith(".npy"):
+        shape = _npy_shape(head)
+        if len(shape) != 2:
+            raise BadInput(f"expected a 2-D table (ROIs x time or time x ROIs), got shape {shape}")
+        rows, cols = shape
+    else:
+        first_line = (head if b"\n" in head else whole()).split(b"\n", 1)[0]
+        first = pd.read_csv(io.BytesIO(first_line), sep="," if name.endswith(".csv") else None, engine="python",
+                            header=None).iloc[0]
+        cols = len(first)
+        if pd.to_numeric(first, errors="coerce").isna().any():
+            labels = [str(x) for x in first]
+            orientation = "time-by-rois" if orientation == "auto" else orientation
+        if orientation != "time-by-rois":
+            rows = sum(1 for line in whole().splitlines() if line.strip()) - (labels is not None)
+    counts = {"rois-by-time": {rows}, "time-by-rois": {cols}}.get(orientation, {rows, cols})
+    return TableShape({int(c) for c in counts if c is not None}, labels)
 
 
 @dataclass

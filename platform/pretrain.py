@@ -2,9 +2,11 @@
 
 Resolves the config, the dataset and the brain gradients, creates (or, on a rerun, reuses) the
 MLflow run, builds a ``TorchTrainer`` over the streaming datasets and, when training is done,
-registers the target encoder as a new version of the registered model under an alias.
+registers the target encoder as a new version of the registered model under an alias (by default
+``brainjepa-encoder-<atlas>-<n_rois>``, so only runs on the same atlas move that alias).
 A rerun of the same command with the same ``train.storage_path``/``train.name`` resumes from the
-latest checkpoint (Ray Train restores runs by storage path and name).
+newest intact checkpoint (Ray Train restores runs by storage path and name); while a run is going, a
+lock file in that folder (``run_lock``) refuses a second run on it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from brainjepa_platform.cluster import init_ray
 from brainjepa_platform.cohort_fc import SubjectFilter, dataset_group_fc
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.pretrain_config import PretrainConfig
+from brainjepa_platform.run_lock import RunLock
 from brainjepa_platform.storage import (
     Location,
     ensure_bucket,
@@ -171,7 +174,8 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
             gradients=None if artifact is None else artifact.gradients,
             stats=RobustStats.from_dict(manifest["robust_stats"]),
             roi_labels=manifest["atlas"]["roi_labels"], atlas=manifest["atlas"]["name"],
-            registered_name=cfg.tracking.registered_model, alias=cfg.tracking.alias, target_tr=cfg.data.target_tr,
+            registered_name=cfg.tracking.registered_model or None, alias=cfg.tracking.alias,
+            target_tr=cfg.data.target_tr,
         )
 
 
@@ -207,18 +211,22 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
 
     if not cfg.data.dataset:
         raise ValueError("data.dataset is empty: pass data.dataset=URI of an ingested dataset")
+    atlas = read_manifest(cfg.data.dataset)["atlas"]
     if cfg.model.n_rois == 0:  # take the ROI count from the dataset
-        cfg.model.n_rois = read_manifest(cfg.data.dataset)["atlas"]["n_rois"]
+        cfg.model.n_rois = atlas["n_rois"]
+    if not cfg.tracking.registered_model:  # named after what the model accepts
+        cfg.tracking.registered_model = tracking.encoder_model_name(atlas["name"], atlas["n_rois"])
     init_ray()
     tracking_uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri()
     ensure_bucket(resolve(cfg.train.storage_path))
-    run = prepare_run(cfg, tracking_uri)
-    result = make_trainer(cfg, run.datasets, run.loop_config).fit()
-    if result.error is not None:
-        raise result.error
-    version = None
-    if cfg.tracking.register and result.checkpoint is not None:
-        version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact)
+    with RunLock(run_location(cfg.train.storage_path, cfg.train.name)):
+        run = prepare_run(cfg, tracking_uri)
+        result = make_trainer(cfg, run.datasets, run.loop_config).fit()
+        if result.error is not None:
+            raise result.error
+        version = None
+        if cfg.tracking.register and result.checkpoint is not None:
+            version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact)
     return PretrainResult(run_id=run.run_id, steps=int(result.metrics.get("step", 0)),
                           checkpoint=None if result.checkpoint is None else result.checkpoint.path,
                           model_version=version, metrics=dict(result.metrics))

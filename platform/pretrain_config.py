@@ -65,10 +65,12 @@ class TrackingConfig:
 
     tracking_uri: str = ""
     experiment: str = "brainjepa-pretrain"
-    registered_model: str = "brainjepa-encoder"
+    registered_model: str = ""
+    """Registered-model name; empty: ``brainjepa-encoder-<atlas>-<n_rois>`` of the dataset, so that runs on
+    different atlases never move each other's alias (``tracking.encoder_model_name``)."""
     alias: str = "current"
-    """Alias moved to each newly registered version (MLflow reserves 'latest': the newest version is
-    also ``models:/<registered_model>/latest``)."""
+    """Alias moved to each newly registered version of that name only (MLflow reserves 'latest': the
+    newest version is also ``models:/<registered_model>/latest``)."""
     register: bool = True
 
 

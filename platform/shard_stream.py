@@ -54,5 +54,5 @@ def shard_dataset(uri: str, columns: list[str], passes: int = 1, seed: int = 0, 
     items = [{"pass": k, "path": shards[i]} for k, i in shard_order(len(shards), max(1, passes), seed)]
     # one block per shard read, so reads run in parallel and stream in order
     listing = ray.data.from_items(items, override_num_blocks=len(items))
-    return listing.map_batches(read_shards, fn_kwargs={"uri": uri, "columns": columns}, batch_size=1,
+    return listing.map_batches(read_shards, fn_kwargs={"uri": resolve(uri).uri, "columns": columns}, batch_size=1,
                                batch_format="numpy", num_cpus=num_cpus)

@@ -5,10 +5,12 @@
     OUT/data/shard-00000-<digest>.parquet   one row per scan
     OUT/_ingest/receipts/<shard>.json       a chunk is done when its receipt exists
     OUT/_ingest/stats/<shard>.npy           per-chunk sample of frames for robust statistics
+    OUT/_ingest/overwrite.json              while --overwrite replaces a dataset: the new chunks' generation
 
 Chunks are fixed slices of the sorted scan list, named by a digest of their scans and the ingest
-parameters, so a rerun of the same command skips finished chunks and redoes unfinished ones under
-the same names (no duplicates, nothing lost). Every object is written atomically.
+parameters (and, when replacing a dataset, a generation token), so a rerun of the same command skips
+finished chunks and redoes unfinished ones under the same names (no duplicates, nothing lost). Every
+object is written atomically; files of chunks that the manifest does not list are deleted after it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import platform as std_platform
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +31,15 @@ import pyarrow.parquet as pq
 
 from brainjepa.preprocess import RobustStats
 from brainjepa_platform.sources import ScanSpec
-from brainjepa_platform.storage import Location, exists, read_bytes, read_json, write_bytes, write_json
+from brainjepa_platform.storage import (
+    Location,
+    exists,
+    list_files,
+    read_bytes,
+    read_json,
+    write_bytes,
+    write_json,
+)
 
 SCHEMA_VERSION = 1
 ID_COLUMNS = ("dataset", "scan_id", "subject", "session", "task", "run", "source", "atlas")
@@ -142,6 +153,18 @@ def commit_chunk(out: Location, name: str, index: int, table: pa.Table | None, s
     return receipt
 
 
+DATASET_FOLDERS = ("data", "_ingest/receipts", "_ingest/stats")
+"""Where a dataset's chunks leave files, each named after its chunk."""
+
+
+def stale_files(out: Location, names: list[str]) -> list[Location]:
+    """Files under the dataset's chunk folders that belong to no chunk in ``names``: shards of a replaced
+    dataset or of an abandoned ingest with other parameters, and temporary files of killed writers."""
+    keep = set(names)
+    return [f for folder in DATASET_FOLDERS for f in list_files(out.child(folder))
+            if f.path.rsplit("/", 1)[-1].split(".", 1)[0] not in keep]
+
+
 def receipt_exists(out: Location, name: str) -> bool:
     return exists(out.child(f"_ingest/receipts/{name}.json"))
 
@@ -178,26 +201,50 @@ def versions() -> dict[str, str]:
             "ray": ray.__version__}
 
 
+def scan_lengths(scans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """How many scans have each (n_frames, tr): enough to count the scans long enough for any window."""
+    counts = Counter((int(s["n_frames"]), float(s["tr"])) for s in scans)
+    return [{"n_frames": n, "tr": tr, "scans": k} for (n, tr), k in sorted(counts.items())]
+
+
+@dataclass
+class InputReport:
+    """What the driver decided before any chunk ran: inputs quarantined or ignored at discovery, how the
+    ROI set was chosen, and the overwrite generation (``""`` unless --overwrite replaced a dataset)."""
+
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[dict[str, Any]] = field(default_factory=list)
+    roi_source: str = ""
+    generation: str = ""
+
+
 def build_manifest(out: Location, receipts: list[ChunkReceipt], dataset: str, atlas: str, roi_labels: list[str],
-                   phenotypes: dict[str, str], float16: bool, parameters: dict[str, Any]) -> dict[str, Any]:
+                   phenotypes: dict[str, str], float16: bool, parameters: dict[str, Any],
+                   inputs: InputReport | None = None) -> dict[str, Any]:
     """Assemble the manifest from every chunk's receipt (after all chunks are done)."""
+    inputs = inputs or InputReport()
     scans = [s for r in receipts for s in r.scans]
-    quarantined = [q for r in receipts for q in r.quarantined]
+    quarantined = inputs.quarantined + [q for r in receipts for q in r.quarantined]
     stats = cohort_stats(out, receipts)
     trs = [s["tr"] for s in scans]
     frames = [s["n_frames"] for s in scans]
+    durations = [s["n_frames"] * s["tr"] for s in scans]
     return {
         "schema_version": SCHEMA_VERSION,
         "dataset": dataset,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "atlas": {"name": atlas, "n_rois": len(roi_labels), "roi_labels": roi_labels},
+        "generation": inputs.generation,
+        "atlas": {"name": atlas, "n_rois": len(roi_labels), "roi_labels": roi_labels,
+                  "decided_by": inputs.roi_source},
         "series": {"column": "series", "layout": "row-major (n_rois, n_frames), flattened",
                    "dtype": "float16" if float16 else "float32"},
         "counts": {"scans": len(scans), "subjects": len({s["subject"] for s in scans}),
-                   "quarantined": len(quarantined), "shards": sum(1 for r in receipts if r.shard),
-                   "frames": int(sum(frames))},
+                   "quarantined": len(quarantined), "ignored": len(inputs.ignored),
+                   "shards": sum(1 for r in receipts if r.shard), "frames": int(sum(frames))},
         "tr_seconds": {"min": min(trs), "max": max(trs)} if trs else None,
         "n_frames": {"min": min(frames), "max": max(frames)} if frames else None,
+        "duration_seconds": {"min": min(durations), "max": max(durations)} if durations else None,
+        "scan_lengths": scan_lengths(scans),
         "phenotypes": phenotypes,
         "shards": [{"path": r.shard, "rows": r.rows, "bytes": r.bytes} for r in receipts if r.shard],
         "robust_stats": None if stats is None else {**stats.to_dict(), "method": "per-ROI median and IQR"},

@@ -3,25 +3,29 @@
 Scans are split into training and validation by subject (a hash of the subject id, so no subject is
 in both). Shards are read from the manifest's list (``shard_stream``), as many passes as the run
 needs in one streaming execution; ``windows.sample_windows`` (a Ray Data map over shards) cuts
-random windows per scan at the model's TR and applies the dataset's robust scaling; the mask collator runs
-in the iterator's collate function, i.e. in Ray Data's prefetch threads, never in the training loop.
+random windows per scan at the model's TR and applies the dataset's robust scaling; the collate function
+turns windows into tensors in Ray Data's prefetch threads, and ``MaskingCollate.masked`` attaches masks
+drawn ahead in a background thread, keyed by the batch's training step, never in the training loop.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from brainjepa.masks import MaskCollator, MaskConfig
+from brainjepa.masks import MaskCollator, MaskConfig, MaskStream
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
 from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.pretrain_config import DataConfig
 from brainjepa_platform.shard_stream import shard_dataset
-from brainjepa_platform.windows import StreamSpec, sample_windows
+from brainjepa_platform.windows import StreamSpec, long_enough, sample_windows
 
 READ_COLUMNS = ["subject", "tr", "n_rois", "n_frames", "series"]
 
@@ -38,8 +42,34 @@ def passes_needed(manifest: dict[str, Any], data: DataConfig, samples_needed: in
     return max(1, min(passes, MAX_SHARD_READS // max(1, len(manifest["shards"]))))
 
 
-def check_dataset(uri: str, manifest: dict[str, Any], model: ModelConfig, data: DataConfig) -> None:
-    """Clear errors when the dataset cannot feed this model."""
+@dataclass
+class WindowFit:
+    """How many of a dataset's scans span the model's window (``usable`` None: not known, older manifest)."""
+
+    scans: int
+    usable: int | None
+    window_seconds: float
+    longest_seconds: float
+
+
+def window_fit(manifest: dict[str, Any], frames: int, target_tr: float) -> WindowFit:
+    """Count the scans long enough for a window of ``frames`` x ``target_tr`` from the manifest's per-scan
+    lengths; a manifest without them (ingested before they were recorded) gives bounds only."""
+    window, scans = (frames - 1) * target_tr, manifest["counts"]["scans"]
+    lengths = manifest.get("scan_lengths")
+    if lengths is not None:
+        usable = sum(e["scans"] for e in lengths if long_enough(e["n_frames"], e["tr"], frames, target_tr))
+        longest = max(((e["n_frames"] - 1) * e["tr"] for e in lengths), default=0.0)
+        return WindowFit(scans, usable, window, longest)
+    n, tr = manifest["n_frames"], manifest["tr_seconds"]
+    longest = (n["max"] - 1) * tr["max"]  # no scan is longer; every scan is at least (min - 1) x min
+    usable = 0 if window > longest + 1e-9 else scans if long_enough(n["min"], tr["min"], frames, target_tr) else None
+    return WindowFit(scans, usable, window, longest)
+
+
+def check_dataset(uri: str, manifest: dict[str, Any], model: ModelConfig, data: DataConfig) -> WindowFit:
+    """Clear errors when the dataset cannot feed this model; a note on stderr when some scans are too short
+    for its window (the window sampler skips them)."""
     if manifest["atlas"]["n_rois"] != model.n_rois:
         raise ValueError(
             f"dataset {uri} has {manifest['atlas']['n_rois']} ROIs (atlas {manifest['atlas']['name']}) "
@@ -47,12 +77,20 @@ def check_dataset(uri: str, manifest: dict[str, Any], model: ModelConfig, data: 
         )
     if manifest["robust_stats"] is None:
         raise ValueError(f"dataset {uri} has no scans (see its quarantine.json)")
-    shortest = manifest["n_frames"]["min"] * manifest["tr_seconds"]["min"]
-    if shortest < (model.frames - 1) * data.target_tr:
+    fit = window_fit(manifest, model.frames, data.target_tr)
+    window = f"the model's window of {model.frames} frames x {data.target_tr}s ({fit.window_seconds:.0f}s)"
+    if fit.usable == 0:
         raise ValueError(
-            f"dataset {uri} has scans of {shortest:.0f}s, shorter than the model's window of "
-            f"{model.frames} frames x {data.target_tr}s; lower model.frames or data.target_tr"
+            f"dataset {uri}: none of its {fit.scans} scans spans {window}; the longest spans "
+            f"{fit.longest_seconds:.0f}s; lower model.frames or data.target_tr"
         )
+    if fit.usable is None:
+        print(f"note: some scans of dataset {uri} may be shorter than {window}: they are skipped "
+              "(re-ingest the dataset to have them counted)", file=sys.stderr, flush=True)
+    elif fit.usable < fit.scans:
+        print(f"note: {fit.scans - fit.usable} of the {fit.scans} scans of dataset {uri} are shorter than "
+              f"{window}: they are skipped", file=sys.stderr, flush=True)
+    return fit
 
 
 def build_datasets(dataset_uri: str, model: ModelConfig, data: DataConfig,
@@ -82,15 +120,25 @@ def build_datasets(dataset_uri: str, model: ModelConfig, data: DataConfig,
 
 
 class MaskingCollate:
-    """Collate function for ``iter_torch_batches``: numpy windows -> torch batch with masks."""
+    """Masked training batches from ``iter_torch_batches``.
+
+    ``__call__`` is the collate function (numpy windows -> float32 tensor); it runs in Ray Data's format
+    threads, which finish out of order, so it draws no masks. ``masked`` attaches them in batch order,
+    keyed by each batch's position (``MaskCollator.masks_for``) and drawn ahead in a background thread:
+    the masks do not depend on thread timing, and a resumed run draws the same masks at the same step.
+    """
 
     def __init__(self, masks: MaskConfig, model: ModelConfig, seed: int, stream: int) -> None:
         self.collator = MaskCollator(masks, model.n_rois, model.n_time_patches, seed=seed, stream=stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        series = torch.from_numpy(np.ascontiguousarray(batch["series"], dtype=np.float32))
-        masks = self.collator.next_masks(series.shape[0])
-        out: dict[str, Any] = masks.to_torch()
-        out["series"] = series
-        out["region_sizes"] = masks.region_sizes
-        return out
+        return {"series": torch.from_numpy(np.ascontiguousarray(batch["series"], dtype=np.float32))}
+
+    def masked(self, batches: Iterable[dict[str, Any]], keys: Iterable[Sequence[int]], batch_size: int,
+               ahead: int = 2) -> Iterator[dict[str, Any]]:
+        """``batches`` (collated) with the masks of ``keys``, one key per batch in order."""
+        with MaskStream(self.collator, batch_size, keys, ahead) as stream:
+            for batch, (key, masks) in zip(batches, stream):
+                if masks.context.shape[0] != batch["series"].shape[0]:  # a last, smaller batch
+                    masks = self.collator.masks_for(key, batch["series"].shape[0])
+                yield {**batch, **masks.to_torch(), "region_sizes": masks.region_sizes}

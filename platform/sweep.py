@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from brainjepa.config import to_dict
+from brainjepa.config import ConfigError, to_dict
 from brainjepa_platform.checkpoints import read_local_checkpoint, run_location
 from brainjepa_platform.pretrain import (
     RESUMABLE_CHANGES,
@@ -292,10 +292,9 @@ def sweep_gradients(cfg: SweepConfig, base: PretrainConfig, manifest: dict[str, 
     many components as the largest swept ``model.n_gradients`` ("" when no trial uses gradients)."""
     if base.gradients:
         return resolve(base.gradients).uri
-    positional = {base.model.positional, *_candidates(cfg, "model.positional")}
-    if "gradient" not in positional:
+    if not uses_gradients(cfg, base):
         return ""
-    n = max(int(float(v)) for v in [base.model.n_gradients, *_candidates(cfg, "model.n_gradients")])
+    n = max(gradient_counts(cfg, base))
     widest = dataclasses.replace(base, model=dataclasses.replace(base.model, positional="gradient", n_gradients=n))
     resolve_gradients(widest, manifest, sweep_dir)
     return sweep_dir.child("gradients.npz").uri
@@ -303,6 +302,29 @@ def sweep_gradients(cfg: SweepConfig, base: PretrainConfig, manifest: dict[str, 
 
 def _candidates(cfg: SweepConfig, key: str) -> list[Any]:
     return cfg.space[key].candidates() if key in cfg.space else []
+
+
+def uses_gradients(cfg: SweepConfig, base: PretrainConfig) -> bool:
+    """Whether any trial uses the Brain Gradient Positional embedding."""
+    return "gradient" in {base.model.positional, *_candidates(cfg, "model.positional")}
+
+
+def gradient_counts(cfg: SweepConfig, base: PretrainConfig) -> list[int]:
+    """The trials' ``model.n_gradients``: the swept values, else the base config's."""
+    return [int(float(v)) for v in _candidates(cfg, "model.n_gradients") or [base.model.n_gradients]]
+
+
+def check_fits_dataset(cfg: SweepConfig, base: PretrainConfig, manifest: dict[str, Any]) -> None:
+    """Refuse, before any Ray work, trials that cannot run on the dataset: gradients computed for the
+    sweep from R ROIs give at most R-1 components."""
+    n_rois = int(manifest["atlas"]["n_rois"])
+    if base.gradients or not uses_gradients(cfg, base):
+        return  # a given artifact is checked against the dataset's ROIs when it is read
+    too_many = sorted({n for n in gradient_counts(cfg, base) if n >= n_rois})
+    if too_many:
+        key = "space.model.n_gradients" if "model.n_gradients" in cfg.space else "model.n_gradients"
+        raise ConfigError(f"{key}: {too_many} gradients do not fit dataset {base.data.dataset}, whose {n_rois} "
+                          f"ROIs give at most {n_rois - 1}; sweep fewer (or use an atlas with more ROIs)")
 
 
 def open_parent_run(cfg: SweepConfig, resolved: dict[str, Any], tracking_uri: str, experiment: str,
@@ -342,11 +364,12 @@ def prepare_sweep(cfg: SweepConfig) -> tuple[TrialContext, Location, dict[str, A
         raise ValueError("data.dataset is empty: pass data.dataset=URI of an ingested dataset")
     dataset = resolve(base.data.dataset).uri
     manifest = read_manifest(dataset)
+    check_fits_dataset(cfg, base, manifest)
+    tracking_uri = tracking.check_tracking_uri(base.tracking.tracking_uri or None)
     init_ray()
     root = resolve(cfg.storage_path)
     ensure_bucket(root)
     sweep_dir = root.child(cfg.name)
-    tracking_uri = base.tracking.tracking_uri or tracking.default_tracking_uri()
     pretrain = copy.deepcopy(cfg.pretrain)
     fixed = {"data.dataset": dataset, "tracking.tracking_uri": tracking_uri, "tracking.register": False}
     if not base.model.n_rois:

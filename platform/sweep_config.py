@@ -16,9 +16,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from brainjepa.config import ConfigError, apply_overrides, from_dict, read_yaml_with_extends, to_dict
 from brainjepa_platform.eval_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from brainjepa_platform.pretrain_config import PretrainConfig
+from brainjepa_platform.user_errors import user_error_message
 
 SearchKind = Literal["grid", "random", "bayes"]
 PRETRAIN_SECTIONS = tuple(f.name for f in fields(PretrainConfig))
@@ -251,7 +254,12 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     overrides = [pretrain_override(o) for o in overrides or []]
     sweep_file = Path(path) if path is not None else None
     data = read_yaml_with_extends(sweep_file) if sweep_file is not None else {}
-    data = apply_overrides(data, overrides)
+    for item in overrides:  # one at a time, so that malformed YAML is reported with its key
+        try:
+            data = apply_overrides(data, [item])
+        except yaml.YAMLError as exc:
+            key = item.split("=", 1)[0].strip().removeprefix("pretrain.")
+            raise ConfigError(f"{key}=...: {user_error_message(exc)}") from None
     ref = str(data.get("pretrain_config") or "")
     if ref:
         from_cli = any(o.split("=", 1)[0].strip() == "pretrain_config" for o in overrides)

@@ -11,13 +11,15 @@ import gzip
 import io
 import json
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 
 from brainjepa.synthetic import synthetic_cohort
-from brainjepa_platform.storage import Location, ensure_bucket, resolve, write_bytes
+from brainjepa_platform.outputs import SYNTH_NAME, check_output, delete_files, replace_local_dir
+from brainjepa_platform.storage import Location, ensure_bucket, list_files, resolve, write_bytes
 
 NETWORKS = ("Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default")
 
@@ -73,9 +75,8 @@ def _scan_layout(i: int) -> list[tuple[str, str]]:
     return [("", "")]
 
 
-def write_bids(out: Location, opts: SynthOptions) -> dict[str, str]:
-    """A BIDS tree with atlas/; returns the paths to pass to ``brainjepa ingest``."""
-    ensure_bucket(out)
+def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """(path parts, content) of every file of the synthetic BIDS tree, one at a time."""
     layouts = [_scan_layout(i) for i in range(opts.subjects)]
     n_scans = sum(len(x) for x in layouts)
     cohort = synthetic_cohort(n_scans, opts.rois, n_frames=opts.frames, tr=opts.trs, seed=opts.seed)
@@ -83,12 +84,10 @@ def write_bids(out: Location, opts: SynthOptions) -> dict[str, str]:
     affine[:3, 3] = -np.asarray(opts.grid) * 1.5
     labels = atlas_volume(opts.grid, opts.rois)
     rng = np.random.default_rng(opts.seed + 1)
-    write_bytes(out.child("atlas", "atlas.nii.gz"), _nifti_bytes(labels, affine))
+    yield ("atlas", "atlas.nii.gz"), _nifti_bytes(labels, affine)
     names = roi_labels(opts.rois)
-    write_bytes(out.child("atlas", "labels.tsv"),
-                ("index\tname\n" + "".join(f"{i + 1}\t{n}\n" for i, n in enumerate(names))).encode())
-    write_bytes(out.child("dataset_description.json"),
-                json.dumps({"Name": "brainjepa synthetic cohort", "BIDSVersion": "1.9.0"}).encode())
+    yield ("atlas", "labels.tsv"), ("index\tname\n" + "".join(f"{i + 1}\t{n}\n" for i, n in enumerate(names))).encode()
+    yield ("dataset_description.json",), json.dumps({"Name": SYNTH_NAME, "BIDSVersion": "1.9.0"}).encode()
     rows = ["participant_id\tage\tsex\tcoupling"]
     scan = 0
     for i, layout in enumerate(layouts):
@@ -99,26 +98,63 @@ def write_bids(out: Location, opts: SynthOptions) -> dict[str, str]:
         for ses, run in layout:
             series, tr = cohort.series[scan], float(cohort.tr[scan])
             parts = [f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ["task-rest"] + ([f"run-{run}"] if run else [])
-            folder = [f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ["func"]
+            folder = (f"sub-{sub}", *([f"ses-{ses}"] if ses else []), "func")
             stem = "_".join(parts) + "_bold"
             voxels = series[np.clip(labels.astype(int) - 1, 0, None)]  # (x, y, z, T)
             voxels = voxels * (labels > 0)[..., None] + rng.normal(0, 2.0, voxels.shape) * (labels > 0)[..., None]
-            write_bytes(out.child(*folder, stem + ".nii.gz"), _nifti_bytes(voxels.astype(np.float32), affine, tr))
-            write_bytes(out.child(*folder, stem + ".json"), json.dumps({"RepetitionTime": tr}).encode())
+            yield (*folder, stem + ".nii.gz"), _nifti_bytes(voxels.astype(np.float32), affine, tr)
+            yield (*folder, stem + ".json"), json.dumps({"RepetitionTime": tr}).encode()
             scan += 1
-    write_bytes(out.child("participants.tsv"), ("\n".join(rows) + "\n").encode())
+    yield ("participants.tsv",), ("\n".join(rows) + "\n").encode()
+
+
+def bids_paths(out: Location) -> dict[str, str]:
+    """The paths to pass to ``brainjepa ingest`` for the synthetic BIDS tree at ``out``."""
     return {"source": out.uri, "atlas": out.child("atlas", "atlas.nii.gz").uri,
             "labels": out.child("atlas", "labels.tsv").uri}
 
 
-def write_parquet(out: str, opts: SynthOptions, progress: bool = False) -> int:
-    """Synthesise a BIDS tree in a temporary folder and ingest it into ``out`` (the real NIfTI path)."""
+def _write_files(out: Location, opts: SynthOptions) -> set[str]:
+    ensure_bucket(out)
+    written = set()
+    for parts, data in bids_files(opts):
+        write_bytes(out.child(*parts), data)
+        written.add("/".join(parts))
+    return written
+
+
+def write_bids(out: Location, opts: SynthOptions) -> dict[str, str]:
+    """A BIDS tree with atlas/; returns the paths to pass to ``brainjepa ingest``."""
+    _write_files(out, opts)
+    return bids_paths(out)
+
+
+def replace_bids(out: Location, opts: SynthOptions, overwrite: bool = False) -> dict[str, str]:
+    """:func:`write_bids` for ``brainjepa synth``: an existing synthetic tree at ``out`` is an error unless
+    ``overwrite``, and is then replaced whole (locally: a sibling folder swapped in; on S3: the new files
+    written over it, then the old tree's other files deleted); anything else there is always an error."""
+    if check_output(out, overwrite, "synthetic") == "missing":
+        return write_bids(out, opts)
+    if not out.is_s3:
+        replace_local_dir(out, lambda staging: _write_files(staging, opts))
+        return bids_paths(out)
+    written = _write_files(out, opts)
+    root = out.path.rstrip("/") + "/"
+    delete_files([f for f in list_files(out) if f.path.removeprefix(root) not in written])
+    return bids_paths(out)
+
+
+def write_parquet(out: str, opts: SynthOptions, progress: bool = False, overwrite: bool = False) -> int:
+    """Synthesise a BIDS tree in a temporary folder and ingest it into ``out`` (the real NIfTI path);
+    an existing dataset at ``out`` is an error unless ``overwrite`` (see :func:`ingest`)."""
     from brainjepa_platform.ingest import IngestOptions, ingest
 
+    check_output(resolve(out), overwrite, "dataset")  # before minutes of synthesis, not after
     with tempfile.TemporaryDirectory(prefix="brainjepa-synth-") as tmp:
         paths = write_bids(resolve(tmp), opts)
         result = ingest(paths["source"], out, IngestOptions(atlas=paths["atlas"], labels=paths["labels"],
-                                                            dataset="synthetic"), progress=progress)
+                                                            dataset="synthetic", overwrite=overwrite),
+                        progress=progress)
     return result.manifest["counts"]["scans"]
 
 

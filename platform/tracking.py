@@ -9,7 +9,9 @@
   matrix, the robust-scaling statistics and the ROI labels + atlas, so that the same normalisation
   is applied at inference as in training.
 * ``log_encoder``: log the bundle in the active run, register a new model version, move an alias
-  (default ``current``; MLflow reserves ``latest``, which is built in as ``models:/name/latest``).
+  (default ``current``; MLflow reserves ``latest``, which is built in as ``models:/name/latest``). The
+  registered name says what the model accepts (``encoder_model_name``: ``brainjepa-encoder-<atlas>-<n_rois>``),
+  so a run on another atlas never moves the alias that users of this one embed with.
 * ``load_encoder``: ``models:/name@alias``, ``models:/name/latest`` or ``runs:/...`` URI -> :class:`EncoderBundle`.
 
 The logged model is "models from code" (a three-line file importing :class:`EncoderModel`), so it
@@ -52,9 +54,9 @@ from brainjepa.preprocess import RobustStats
 
 _log = logging.getLogger(__name__)
 
-REGISTERED_NAME = "brainjepa-encoder"
+MODEL_NAME_PREFIX = "brainjepa-encoder"
 # MLflow reserves the alias "latest" (``models:/name/latest`` is built in: the highest version), so the
-# alias that log_encoder moves to each new version is "current": ``models:/brainjepa-encoder@current``.
+# alias that log_encoder moves to each new version is "current": ``models:/brainjepa-encoder-<atlas>-<n_rois>@current``.
 # Asking log_encoder for alias "latest" sets no alias (the built-in URI already means that).
 DEFAULT_ALIAS = "current"
 RESERVED_ALIAS = "latest"
@@ -250,8 +252,15 @@ def _as_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _as_stats(stats: RobustStats | Mapping[str, Any]) -> RobustStats:
-    return stats if isinstance(stats, RobustStats) else RobustStats.from_dict(dict(stats))
+STATS_MISSING = {"missing": True, "note": "no robust-scaling statistics (an imported checkpoint): embed with "
+                                         "--scaling dataset, i.e. the statistics of the data being embedded"}
+"""``robust_stats.json`` of a model that came without its pretraining cohort's statistics."""
+
+
+def _as_stats(stats: RobustStats | Mapping[str, Any] | None) -> RobustStats | None:
+    if stats is None or isinstance(stats, RobustStats):
+        return stats
+    return None if dict(stats).get("missing") else RobustStats.from_dict(dict(stats))
 
 
 def write_config(cfg: Mapping[str, Any] | Any, path: Path) -> Path:
@@ -265,8 +274,10 @@ def write_gradients(gradients: Any, path: Path) -> Path:
     return path
 
 
-def write_stats(stats: RobustStats | Mapping[str, Any], path: Path) -> Path:
-    path.write_text(json.dumps(_as_stats(stats).to_dict()))
+def write_stats(stats: RobustStats | Mapping[str, Any] | None, path: Path) -> Path:
+    """The statistics as JSON, or :data:`STATS_MISSING` for ``None``."""
+    resolved = _as_stats(stats)
+    path.write_text(json.dumps(STATS_MISSING if resolved is None else resolved.to_dict()))
     return path
 
 
@@ -311,14 +322,17 @@ def _check_state(cfg: ModelConfig, gradients: np.ndarray | None, state: Mapping[
         )
 
 
-def _check_bundle(cfg: ModelConfig, gradients: np.ndarray | None, stats: RobustStats, roi_labels: list[str]) -> None:
+def _check_bundle(cfg: ModelConfig, gradients: np.ndarray | None, stats: RobustStats | None,
+                  roi_labels: list[str]) -> None:
     r = cfg.n_rois
     if len(roi_labels) != r:
         raise ValueError(f"model has {r} ROIs but {len(roi_labels)} ROI labels were given")
-    if stats.median.shape != (r,) or stats.iqr.shape != (r,):
-        raise ValueError(f"robust stats must hold {r} medians and IQRs, got {stats.median.shape} and {stats.iqr.shape}")
-    if not np.all(np.isfinite(stats.iqr)) or np.any(stats.iqr <= 0):
-        raise ValueError("robust stats: every IQR must be finite and positive")
+    if stats is not None:  # None: an imported model without its cohort's statistics
+        if stats.median.shape != (r,) or stats.iqr.shape != (r,):
+            raise ValueError(f"robust stats must hold {r} medians and IQRs, got {stats.median.shape} and "
+                             f"{stats.iqr.shape}")
+        if not np.all(np.isfinite(stats.iqr)) or np.any(stats.iqr <= 0):
+            raise ValueError("robust stats: every IQR must be finite and positive")
     if cfg.positional == "gradient":
         shape = None if gradients is None else gradients.shape
         if shape is None or len(shape) != 2 or shape[0] != r or shape[1] < cfg.n_gradients:
@@ -330,7 +344,7 @@ def write_bundle(
     state: Mapping[str, torch.Tensor],
     model_cfg: ModelConfig,
     gradients: Any,
-    stats: RobustStats | Mapping[str, Any],
+    stats: RobustStats | Mapping[str, Any] | None,
     roi_labels: list[str],
     atlas: str,
     target_tr: float | None = None,
@@ -357,7 +371,8 @@ class EncoderBundle:
 
     encoder: BrainEncoder
     config: ModelConfig
-    stats: RobustStats
+    stats: RobustStats | None
+    """The pretraining cohort's robust scaling; None for a model imported without it."""
     roi_labels: list[str]
     atlas: str
     gradients: np.ndarray
@@ -387,6 +402,9 @@ class EncoderBundle:
         if pooling not in ("mean", "none"):
             raise ValueError(f"pooling must be 'mean' or 'none', got {pooling!r}")
         array = self.check_series(series)
+        if self.stats is None:
+            raise ValueError(f"this model ({self.atlas}) has no robust-scaling statistics of its own (imported "
+                             "without --stats): scale with the data's, e.g. brainjepa embed --scaling dataset")
         device = next(self.encoder.parameters()).device
         step = max(1, int(batch_size))
         outputs = []
@@ -405,7 +423,7 @@ def read_bundle(paths: Mapping[str, str], device: str | torch.device = "cpu") ->
     """Bundle files (keyed as in :func:`write_bundle`) -> :class:`EncoderBundle` with the encoder in eval mode."""
     cfg = from_dict(ModelConfig, json.loads(Path(paths["model_config"]).read_text()))
     gradients = np.load(paths["gradients"], allow_pickle=False)
-    stats = RobustStats.from_dict(json.loads(Path(paths["robust_stats"]).read_text()))
+    stats = _as_stats(json.loads(Path(paths["robust_stats"]).read_text()))
     rois = json.loads(Path(paths["rois"]).read_text())
     grads = torch.from_numpy(gradients).float() if cfg.positional == "gradient" else None
     encoder = BrainEncoder(cfg, grads)
@@ -459,10 +477,10 @@ def log_encoder(
     engine_or_state: Any,
     model_cfg: ModelConfig,
     gradients: Any,
-    stats: RobustStats | Mapping[str, Any],
+    stats: RobustStats | Mapping[str, Any] | None,
     roi_labels: list[str],
     atlas: str,
-    registered_name: str = REGISTERED_NAME,
+    registered_name: str | None = None,
     alias: str | None = DEFAULT_ALIAS,
     extra_artifacts: Mapping[str, str | Path] | None = None,
     name: str = "encoder",
@@ -471,8 +489,10 @@ def log_encoder(
     target_tr: float | None = None,
 ) -> str:
     """Log the target encoder as a pyfunc in the active run, register a new version of
-    ``registered_name``, point ``alias`` at it and return the version (a string)."""
+    ``registered_name`` (default: ``encoder_model_name(atlas, model_cfg.n_rois)``), point ``alias`` at it
+    and return the version (a string)."""
     run = _require_active_run()
+    registered_name = registered_name or encoder_model_name(atlas, model_cfg.n_rois)
     extra = {str(k): str(v) for k, v in (extra_artifacts or {}).items()}
     clash = set(extra) & {Path(n).stem for n in BUNDLE_FILES}
     if clash:
@@ -499,6 +519,14 @@ def log_encoder(
     version = str(info.registered_model_version)
     set_alias(registered_name, alias, version)
     return version
+
+
+def encoder_model_name(atlas: str, n_rois: int) -> str:
+    """Registered-model name of encoders that take ``n_rois`` ROIs of ``atlas``:
+    ``brainjepa-encoder-<atlas>-<n_rois>``, the atlas reduced to letters, digits, ``.``, ``_`` and ``-``
+    (MLflow refuses ``/``, ``:`` and ``%`` in names)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", str(atlas)).strip("-.")[:100] or "unnamed"
+    return f"{MODEL_NAME_PREFIX}-{safe}-{int(n_rois)}"
 
 
 def set_alias(registered_name: str, alias: str | None, version: str) -> None:
@@ -550,8 +578,8 @@ def resolve_model_uri(model_uri: str) -> str:
 
 
 def load_encoder(model_uri: str, device: str | torch.device = "cpu") -> EncoderBundle:
-    """``models:/brainjepa-encoder@current``, ``models:/name/latest`` (or ``@latest``), ``models:/name/3``
-    or ``runs:/<run id>/encoder`` -> :class:`EncoderBundle` (encoder in eval mode on ``device``)."""
+    """``models:/brainjepa-encoder-<atlas>-<n_rois>@current``, ``models:/name/latest`` (or ``@latest``),
+    ``models:/name/3`` or ``runs:/<run id>/encoder`` -> :class:`EncoderBundle` (encoder in eval mode on ``device``)."""
     model = mlflow.pyfunc.load_model(resolve_model_uri(model_uri)).unwrap_python_model()
     if not isinstance(model, EncoderModel) or model.bundle is None:
         raise ValueError(f"{model_uri} is not a brainjepa encoder model (got {type(model).__name__})")
@@ -560,3 +588,42 @@ def load_encoder(model_uri: str, device: str | torch.device = "cpu") -> EncoderB
         bundle.encoder.to(device)
     return bundle
 
+
+def check_tracking_uri(tracking_uri: str | None = None, timeout: float = 10.0) -> str:
+    """Fail fast, naming the URI, when the tracking store cannot be used (before any Ray work: MLflow's
+    own client retries for minutes). An ``http(s)://`` server must answer ``GET <uri>/health`` within
+    ``timeout`` seconds (any HTTP status is an answer); a ``sqlite:///`` database or a ``file:``/path
+    store needs a folder this process can write. Other schemes are left to MLflow. Returns the URI."""
+    import urllib.error
+    import urllib.request
+
+    from brainjepa_platform.user_errors import UserError
+
+    uri = tracking_uri or default_tracking_uri()
+    shown, scheme = _mask_url_password(uri), urlsplit(uri).scheme.lower()
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+                return uri
+        except urllib.error.HTTPError:
+            return uri  # the server answered
+        except (OSError, ValueError) as exc:  # refused, unresolvable, no answer within the timeout
+            reason = getattr(exc, "reason", None) or exc or type(exc).__name__
+            raise UserError(f"MLflow tracking server {shown} cannot be reached ({reason}, {timeout:g} s "
+                            "timeout): start it, or set MLFLOW_TRACKING_URI / tracking.tracking_uri") from None
+    if scheme in ("sqlite", "file", "") or len(scheme) == 1:  # one letter: a Windows drive
+        if scheme == "sqlite":
+            database = sqlite_db_path(uri)
+            if database is None:
+                return uri  # in-memory
+            folder = database.parent
+        else:
+            database, folder = None, Path(unquote(urlsplit(uri).path) if scheme == "file" else uri).expanduser()
+        while not folder.exists() and folder != folder.parent:  # the folder MLflow would create
+            folder = folder.parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise UserError(f"MLflow tracking store {shown}: {folder} is not a writable folder; set "
+                            "MLFLOW_TRACKING_URI / tracking.tracking_uri")
+        if database is not None and database.exists() and not (database.is_file() and os.access(database, os.W_OK)):
+            raise UserError(f"MLflow tracking store {shown}: {database} is not a writable file")
+    return uri

@@ -36,6 +36,12 @@ class StreamSpec:
     windows_per_scan: int = 1
 
 
+def long_enough(n_frames: np.ndarray | int, tr: np.ndarray | float, frames: int, target_tr: float) -> np.ndarray:
+    """Whether scans of ``n_frames`` at ``tr`` span a window of ``frames`` frames every ``target_tr`` seconds
+    (the test ``brainjepa.preprocess.sample_window`` applies; elementwise over arrays)."""
+    return (frames - 1) * target_tr <= (np.asarray(n_frames) - 1) * np.asarray(tr, dtype=np.float64) + 1e-9
+
+
 def sample_windows(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, np.ndarray]:
     """Ray Data UDF: a block of scans -> (k, R, frames) float32 windows of one split.
 
@@ -44,10 +50,13 @@ def sample_windows(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, 
     The windows come out in a random order (the block's local shuffle: a shard holds tens of scans,
     and each pass visits the shards in its own order), which costs nothing here, where Ray Data's
     ``local_shuffle_buffer_size`` copies every batch through a buffer in the training process.
+    Scans shorter than the window give none (``streaming.check_dataset`` counts them from the manifest).
     """
     s = spec
     subjects = [str(x) for x in batch["subject"]]
-    keep = [i for i, sub in enumerate(subjects) if is_validation(sub, s.val_fraction, s.split_seed) == s.validation]
+    fits = long_enough(batch["n_frames"], batch["tr"], s.frames, s.target_tr)
+    keep = [i for i, sub in enumerate(subjects)
+            if fits[i] and is_validation(sub, s.val_fraction, s.split_seed) == s.validation]
     rng = np.random.default_rng()
     windows = np.empty((len(keep) * s.windows_per_scan, s.n_rois, s.frames), dtype=np.float32)
     slots = rng.permutation(len(windows))

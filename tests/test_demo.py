@@ -30,7 +30,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys) -> Non
     assert "mlflow ui --backend-store-uri sqlite:///" in printed and "--host 127.0.0.1" in printed
     results = json.loads((out / "evaluation/coupling/results.json").read_text())
     assert results["features"] == ["brain-jepa", "random-encoder", "fc-baseline"]
-    assert results["config"]["model"].startswith("models:/brainjepa-encoder/")
+    assert results["config"]["model"].startswith("models:/brainjepa-encoder-atlas-24/")
     # the same command again: everything is reused
     assert main(argv) == 0
     again = json.loads((out / "summary.json").read_text())

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from brainjepa.gradients import (
     GradientArtifactError,
     GradientParams,
     GradientProvenance,
+    check_params,
+    default_components,
     diffusion_map,
     gradient_artifact,
     group_fc,
@@ -27,7 +30,7 @@ from brainjepa.gradients import (
     procrustes_align,
 )
 from brainjepa.synthetic import synthetic_cohort
-from brainjepa_platform.gradients import load_fc_matrix, read_roi_labels
+from brainjepa_platform.gradients import GradientsRequest, load_fc_matrix, plan_gradients, read_roi_labels
 
 BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 NETWORKS7 = ["Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default"]
@@ -231,3 +234,45 @@ def test_gradients_command_end_to_end(cohort_fc, tmp_path) -> None:
     np.save(tmp_path / "wide.npy", fc[:, :10])
     failed = run_cli(str(tmp_path / "wide.npy"), "--out", str(tmp_path / "x.npz"))
     assert failed.returncode == 2 and "wide.npy" in failed.stderr and "square" in failed.stderr
+
+
+def test_default_number_of_gradients_follows_the_atlas() -> None:
+    assert [default_components(r) for r in (2, 8, 24, 31, 400)] == [1, 7, 23, 30, 30]
+    check_params(24, 23)
+    for bad, match in [((24, 24), "between 1 and R-1=23"), ((24, 3, "rbf"), "kernel"),
+                       ((24, 3, "cosine", 0.99), "sparsity"), ((24, 3, "cosine", 0.9, 2.0), "alpha")]:
+        with pytest.raises(ValueError, match=match):
+            check_params(*bad)
+
+
+def write_manifest(folder: Path, n_rois: int) -> Path:
+    """A dataset folder holding only what planning reads from a manifest."""
+    folder.mkdir(parents=True)
+    atlas = {"name": "synthetic", "n_rois": n_rois, "roi_labels": [f"roi_{i}" for i in range(n_rois)]}
+    (folder / "manifest.json").write_text(json.dumps({"dataset": folder.name, "atlas": atlas}))
+    return folder
+
+
+def test_dataset_source_is_checked_before_any_ray_work(tmp_path, monkeypatch) -> None:
+    """`brainjepa gradients data/cohort` on 24 ROIs: the default gives 23 gradients with a note; an explicit
+    --n-components 30 fails at once, naming the dataset, without starting Ray."""
+    dataset = write_manifest(tmp_path / "cohort", 24)
+    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    request = GradientsRequest(source=str(dataset), out=str(tmp_path / "g.npz"), params=GradientParams(30))
+    with pytest.raises(ValueError, match=r"cohort: n_components=30 must be between 1 and R-1=23"):
+        plan_gradients(request)
+    auto = plan_gradients(replace(request, auto_components=True))
+    assert auto.params.n_components == 23 and auto.n_rois == 24 and "at most 23" in auto.note
+    GradientArtifact(np.ones((24, 5)), np.ones(5), [f"roi_{i}" for i in range(24)], GradientParams(5),
+                     GradientProvenance()).save(tmp_path / "ref.npz")
+    with pytest.raises(ValueError, match="--align-to"):  # a reference of another shape, also before Ray
+        plan_gradients(replace(request, auto_components=True, align_to=str(tmp_path / "ref.npz")))
+
+
+def test_gradients_command_defaults_to_r_minus_one_components(tmp_path) -> None:
+    fc = group_fc(synthetic_cohort(3, 24, n_frames=120, seed=6).series)
+    np.save(tmp_path / "fc.npy", fc)
+    done = run_cli(str(tmp_path / "fc.npy"), "--out", str(tmp_path / "g.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "24 ROIs give at most 23 gradients" in done.stderr
+    assert GradientArtifact.load(tmp_path / "g.npz").gradients.shape == (24, 23)

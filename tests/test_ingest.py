@@ -57,8 +57,10 @@ def test_bids_roundtrip_matches_nilearn(bids, tmp_path) -> None:
     # sessions and runs discovered: subject 004 has two sessions, subject 005 two runs
     assert set(rows) == {"sub-001_task-rest", "sub-002_task-rest", "sub-003_task-rest", "sub-004_ses-1_task-rest",
                          "sub-004_ses-2_task-rest", "sub-005_task-rest_run-1", "sub-005_task-rest_run-2"}
-    assert manifest["counts"] == {"scans": 7, "subjects": 5, "quarantined": 0, "shards": 1,
+    assert manifest["counts"] == {"scans": 7, "subjects": 5, "quarantined": 0, "ignored": 0, "shards": 1,
                                   "frames": sum(r["n_frames"] for r in rows.values())}
+    assert sum(e["scans"] for e in manifest["scan_lengths"]) == 7
+    assert manifest["atlas"]["decided_by"] == f"the atlas {bids['atlas']} and labels {bids['labels']}"
     assert manifest["atlas"]["roi_labels"][0] == "7Networks_LH_Vis_1" and manifest["atlas"]["n_rois"] == 12
     row = rows["sub-004_ses-2_task-rest"]
     assert row["session"] == "2" and row["subject"] == "004" and row["sex"] in ("M", "F") and row["age"] > 0

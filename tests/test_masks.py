@@ -172,3 +172,56 @@ def test_unknown_preset_names_the_known_ones() -> None:
         MaskConfig(preset="bogus")
     with pytest.raises(ValueError, match="authors"):
         load_config(LocalPretrainConfig, None, ["masks.preset=bogus"])
+
+
+def test_keyed_masks_do_not_depend_on_thread_or_order() -> None:
+    """The same key gives the same masks whichever thread draws them and in whatever order; keys differ."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    collator = MaskCollator(MaskConfig(), 60, 8, seed=3, stream=1)
+    keys = [(step, micro) for step in range(1, 9) for micro in range(2)]
+    serial = {k: collator.masks_for(k, 4) for k in keys}
+    with ThreadPoolExecutor(4) as pool:
+        threaded = dict(zip(keys[::-1], pool.map(lambda k: collator.masks_for(k, 4), keys[::-1])))
+    for k in keys:
+        assert np.array_equal(serial[k].context, threaded[k].context)
+        assert np.array_equal(serial[k].target, threaded[k].target)
+    assert len({serial[k].context.tobytes() + serial[k].target.tobytes() for k in keys}) == len(keys)
+    other = MaskCollator(MaskConfig(), 60, 8, seed=3, stream=2).masks_for((1, 0), 4)
+    assert not np.array_equal(other.target, serial[(1, 0)].target)
+
+
+def test_next_masks_never_repeat_across_threads() -> None:
+    """next_masks numbers its calls under a lock: concurrent callers never get the same masks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    collator = MaskCollator(MaskConfig(), 60, 8, seed=0)
+    with ThreadPoolExecutor(8) as pool:
+        drawn = list(pool.map(lambda _: collator.next_masks(4), range(64)))
+    assert collator.calls == 64
+    assert len({m.context.tobytes() + m.target.tobytes() for m in drawn}) == 64
+    expected = {collator.masks_for((i,), 4).target.tobytes() for i in range(64)}
+    assert {m.target.tobytes() for m in drawn} == expected
+
+
+def test_resumed_stream_draws_the_uninterrupted_runs_masks() -> None:
+    """The training stream keys masks by (step, micro-batch): resuming at step 5 gives steps 6.. the masks
+    the uninterrupted run used there, although the collate threads run out of order."""
+    import torch
+
+    from brainjepa.model import ModelConfig
+    from brainjepa_platform.streaming import MaskingCollate
+    from brainjepa_platform.train_loop import step_keys
+
+    model = ModelConfig(size="tiny", n_rois=12, frames=32, patch=8)
+    collate = MaskingCollate(MaskConfig(), model, seed=7, stream=1)
+
+    def run(after_step: int, n: int) -> list[dict]:
+        collated = (collate({"series": np.zeros((3, 12, 32), np.float32)}) for _ in range(n))
+        return list(collate.masked(collated, step_keys(after_step, 2), batch_size=3, ahead=4))
+
+    full, resumed = run(0, 16), run(5, 6)  # 2 micro-batches per step: steps 1-8 vs 6-8
+    for a, b in zip(full[10:], resumed):
+        assert torch.equal(a["context_index"], b["context_index"]) and torch.equal(a["target_index"], b["target_index"])
+        assert a["region_sizes"] == b["region_sizes"] and a["series"].shape == (3, 12, 32)
+    assert not torch.equal(full[0]["target_index"], full[2]["target_index"])

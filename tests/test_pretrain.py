@@ -18,7 +18,8 @@ from brainjepa.config import load_config
 from brainjepa.preprocess import RobustStats
 from brainjepa_platform.pretrain import run_pretraining
 from brainjepa_platform.pretrain_config import PretrainConfig
-from brainjepa_platform.storage import list_files, resolve
+from brainjepa_platform.run_lock import LOCK_FILE, RunLock, RunLockedError
+from brainjepa_platform.storage import exists, list_files, read_bytes, resolve, write_bytes
 from brainjepa_platform.synth import SynthOptions, write_parquet
 from brainjepa_platform.tracking import load_encoder
 from brainjepa_platform.windows import StreamSpec, is_validation, sample_windows
@@ -26,6 +27,7 @@ from brainjepa_platform.windows import StreamSpec, is_validation, sample_windows
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 SECRET = "testing-secret-do-not-log"
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "brainjepa-encoder-atlas-24"  # the synthetic cohort's atlas ("atlas", 24 ROIs)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,11 @@ def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path
     for key in ("floor", "loss_over_floor"):  # the position-only floor needs one step of targets first
         assert metric_steps(tracking, result.run_id, key) == list(range(2, 13)), key
     assert metric_steps(tracking, result.run_id, "val_loss") == [4, 8, 12]
-    # the registered target encoder loads by alias and embeds raw series of the dataset's shape
-    bundle = load_encoder("models:/brainjepa-encoder@current")
+    assert not exists(resolve("s3://pretrain-runs/runs/s3run").child(LOCK_FILE))  # released
+    assert any("step 12/12 (100%)" in line for line in _worker_output())  # rank 0's progress lines
+    # registered under a name saying what the model accepts; only that name's alias moved
+    assert [m.name for m in client.search_registered_models()] == [MODEL_NAME]
+    bundle = load_encoder(f"models:/{MODEL_NAME}@current")
     x = np.random.default_rng(0).normal(100, 5, (3, 24, 32)).astype(np.float32)
     assert bundle.embed(x).shape == (3, 64)
     with pytest.raises(ValueError, match="24 ROIs"):
@@ -77,9 +82,35 @@ def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path
     assert again.run_id == result.run_id and again.steps == 12
     assert metric_steps(tracking, result.run_id, "resumed_from_step") == [12]
     assert metric_steps(tracking, result.run_id, "loss") == list(range(1, 13))  # nothing retrained
+    # a torn newest checkpoint (step 12) does not block resuming: the rerun falls back to step 8
+    newest = max((f for f in list_files(resolve("s3://pretrain-runs/runs/s3run")) if f.path.endswith("meta.json")),
+                 key=lambda f: json.loads(read_bytes(f))["step"])
+    engine = resolve(newest.uri.replace("meta.json", "engine.pt"))
+    write_bytes(engine, read_bytes(engine)[:1000])
+    torn = run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run"))
+    assert torn.steps == 12 and sorted(metric_steps(tracking, result.run_id, "resumed_from_step")) == [8, 12]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "current").version) == torn.model_version
     # other settings under the same run name are refused
     with pytest.raises(ValueError, match="optim.lr"):
         run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run", "optim.lr=0.1"))
+
+
+def _worker_output() -> list[str]:
+    """Lines the local cluster's workers printed (Ray keeps them in its session's log files)."""
+    from ray._private.worker import global_worker  # the session's log folder (no public accessor)
+
+    logs = Path(global_worker.node.get_logs_dir_path())
+    return [line for f in logs.glob("worker-*.out") for line in f.read_text(errors="replace").splitlines()]
+
+
+def test_second_run_on_a_run_folder_is_refused(s3_dataset, tmp_path) -> None:
+    """While a run holds storage_path/name, another is refused before it creates anything."""
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = tiny_config(s3_dataset, str(tmp_path / "runs"), tracking, "busy")
+    with RunLock(resolve(str(tmp_path / "runs" / "busy"))), pytest.raises(RunLockedError, match="in use by another"):
+        run_pretraining(cfg)
+    assert [p.name for p in (tmp_path / "runs" / "busy").iterdir()] == []  # no run state, no gradients
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def _latest_logged_step(client: MlflowClient) -> int:

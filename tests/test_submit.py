@@ -257,7 +257,7 @@ def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monke
     code = submit(request, ray_head.address, token=ray_head.token, out=log)
     assert code == 0, log.getvalue()[-3000:]
     assert "SUCCEEDED" in log.getvalue()
-    version = MlflowClient(tracking).get_model_version_by_alias("brainjepa-encoder", "current")
+    version = MlflowClient(tracking).get_model_version_by_alias("brainjepa-encoder-atlas-24", "current")
     assert str(version.version) == "1"
 
     # what the cluster recorded for the jobs: forwarded variables, never the credential or the token

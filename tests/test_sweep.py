@@ -108,7 +108,7 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsy
     assert best.train.name == "masks-best" and best.tracking.register and best.model.n_gradients == 4
     assert str(list(best.masks.cross_roi_scale)) == best_run.data.params["masks.cross_roi_scale"]
     assert best.optim.lr == pytest.approx(float(best_run.data.params["optim.lr"]))
-    version = MlflowClient(tracking).get_model_version_by_alias("brainjepa-encoder", "best-sweep")
+    version = MlflowClient(tracking).get_model_version_by_alias("brainjepa-encoder-atlas-24", "best-sweep")
     assert version.run_id == best_run.info.run_id and str(version.version) == state["best"]["model_version"]
     assert (out_dir / "objective_vs_params.png").stat().st_size > 0
     assert all(r.info.run_id in (out_dir / "results.csv").read_text() for r in children)

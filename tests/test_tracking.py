@@ -33,7 +33,7 @@ from brainjepa_platform.tracking import (
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz-secret-value"
 ACCESS_KEY = "AKIATESTACCESSKEY123"
 ATLAS = "toy12"
-NAME = "brainjepa-encoder"
+NAME = "brainjepa-encoder-toy12-12"  # encoder_model_name(ATLAS, 12): log_encoder's default name
 
 pytestmark = pytest.mark.timeout(120)
 

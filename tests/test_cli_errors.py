@@ -1,0 +1,203 @@
+"""How commands end (exit status 0 / 2 / 130 / 141, one line for user errors, tracebacks for bugs) and
+the tracking-server check that runs before any Ray work. No Ray cluster is started here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainjepa_platform import cli
+from brainjepa_platform.tracking import check_tracking_uri
+from brainjepa_platform.user_errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, UserError
+
+BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_error_line(err: str, command: str) -> str:
+    """The single stderr line of a user error (no traceback; MLflow's own INFO lines about creating its
+    database aside)."""
+    lines = [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"brainjepa {command}: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def fc_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 200))
+    path = tmp_path / "fc.npy"
+    np.save(path, np.corrcoef(x))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_debug(monkeypatch) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+
+# --- exit status 2 and one line for user errors ------------------------------------------------------
+def test_output_under_a_file_is_one_line(fc_file, tmp_path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["gradients", str(fc_file), "--out", str(blocker / "g.npz")]) == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err, "gradients")
+    assert str(blocker) in line
+
+
+def test_output_that_is_a_folder_is_one_line(fc_file, tmp_path, capsys) -> None:
+    assert cli.main(["gradients", str(fc_file), "--out", str(tmp_path)]) == EXIT_ERROR
+    assert "is a folder" in one_error_line(capsys.readouterr().err, "gradients")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a place nobody can write to (/sys on Linux)")
+def test_read_only_output_is_one_line(fc_file, capsys) -> None:
+    assert cli.main(["gradients", str(fc_file), "--out", "/sys/brainjepa-test/g.npz"]) == EXIT_ERROR
+    assert "/sys/brainjepa-test" in one_error_line(capsys.readouterr().err, "gradients")
+
+
+def test_missing_source_says_it_does_not_exist(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-cohort"
+    assert cli.main(["gradients", str(missing), "--out", str(tmp_path / "g.npz")]) == EXIT_ERROR
+    assert "no such file or folder" in one_error_line(capsys.readouterr().err, "gradients")
+    assert cli.main(["dataset", "info", str(missing)]) == EXIT_ERROR
+    assert str(missing) in one_error_line(capsys.readouterr().err, "dataset info")
+
+
+def test_unknown_model_uri_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = cli.main(["embed", "--model", "models:/no-such-model", "--data", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "emb")])
+    assert code == EXIT_ERROR
+    assert "no-such-model" in one_error_line(capsys.readouterr().err, "embed")
+
+
+def test_malformed_yaml_names_the_override_or_the_file(tmp_path, capsys) -> None:
+    code = cli.main(["sweep", "--config", str(REPO / "configs/sweep/laptop.yaml"), "data.dataset=x",
+                     "space={model.n_gradients: {values: [3, 10}"])
+    assert code == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err, "sweep")
+    assert "space=" in line and "malformed YAML" in line
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  size: [tiny\n")
+    assert cli.main(["pretrain", "--config", str(config), "data.dataset=x"]) == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err, "pretrain")
+    assert "malformed YAML" in line and f"{config}, line 3" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys) -> None:
+    args = ["gradients", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "g.npz")]
+    for argv in (["--debug", *args], [*args, "--debug"]):
+        assert cli.main(argv) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert "Traceback" in err and err.strip().splitlines()[-1].startswith("brainjepa gradients: error:")
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    assert cli.main(args) == EXIT_ERROR
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand"), AttributeError("no attribute 'x'"),
+                                 KeyError("n_rois"), RuntimeError("internal invariant")])
+def test_programming_errors_keep_their_traceback(bug, fc_file, tmp_path, monkeypatch) -> None:
+    def broken(request):
+        raise bug
+
+    monkeypatch.setattr("brainjepa_platform.gradients.run_gradients", broken)
+    with pytest.raises(type(bug)):
+        cli.main(["gradients", str(fc_file), "--out", str(tmp_path / "g.npz")])
+
+
+def test_closed_output_pipe_ends_quietly() -> None:
+    """`brainjepa ... | head -1` where head has gone: no traceback, no message, status 141 (as a shell
+    reports for a closed pipe)."""
+    proc = subprocess.Popen([BRAINJEPA, "masks", "--rois", "20", "--frames", "40", "--patch", "8", "--samples", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader goes away before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE
+    assert err == ""
+
+
+# --- the tracking server is checked before Ray starts ------------------------------------------------
+def test_tracking_server_refusing_connections_fails_fast() -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=uri.replace(".", r"\.")):
+        check_tracking_uri(uri, timeout=5)
+    assert time.monotonic() - start < 30
+
+
+def test_tracking_server_that_never_answers_fails_after_the_timeout() -> None:
+    with socket.socket() as server:  # accepts connections (the kernel does), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(UserError, match="cannot be reached"):
+            check_tracking_uri(uri, timeout=1)
+
+
+def test_tracking_server_answering_any_status_is_reachable() -> None:
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from threading import Thread
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        assert check_tracking_uri(uri, timeout=5) == uri
+    finally:
+        server.shutdown()
+
+
+def test_tracking_store_in_an_unwritable_place_is_refused(tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="not a writable folder"):
+        check_tracking_uri(f"sqlite:///{blocker / 'mlflow.db'}")
+    assert check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created by MLflow later
+
+
+def test_pretrain_with_unreachable_tracking_server_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    code = cli.main(["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
+                     f"data.dataset={tmp_path / 'data'}"])
+    assert code == EXIT_ERROR
+    assert uri in one_error_line(capsys.readouterr().err, "pretrain")
+
+
+def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
+    """The gradients sweep (up to 30 gradients) on a 24-ROI dataset: refused at once, not after Ray work."""
+    dataset = tmp_path / "cohort"
+    dataset.mkdir()
+    atlas = {"name": "atlas", "n_rois": 24, "roi_labels": [f"roi_{i}" for i in range(24)]}
+    (dataset / "manifest.json").write_text(json.dumps({"dataset": "cohort", "atlas": atlas}))
+    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    code = cli.main(["sweep", "--config", str(REPO / "configs/sweep/gradients.yaml"), f"data.dataset={dataset}",
+                     f"pretrain_config={REPO / 'configs/pretrain/tiny.yaml'}", f"storage_path={tmp_path / 'sweeps'}"])
+    assert code == EXIT_ERROR
+    line = one_error_line(capsys.readouterr().err, "sweep")
+    assert "space.model.n_gradients: [30]" in line and "24 ROIs" in line

@@ -1,0 +1,132 @@
+"""Ctrl-C, Ray's own output and the local cluster's exposure, checked on one real `brainjepa ingest` in a
+subprocess (one Ray start for the three): it listens on the loopback address only, prints none of Ray's
+chatter, and Ctrl-C ends it with one line and exit status 130."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from brainjepa_platform.storage import resolve
+from brainjepa_platform.synth import SynthOptions, write_bids
+from brainjepa_platform.user_errors import DEBUG_ENV, EXIT_INTERRUPTED
+
+BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
+RAY_CHATTER = ("core_worker.cc", "Token authentication", "streaming_executor", "Progress bars disabled")
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def listening_addresses(pid: int) -> list[tuple[str, str]]:
+    """(process name, address) of every listening TCP socket of ``pid`` and its descendants."""
+    root = psutil.Process(pid)
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            found += [(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:  # exited meanwhile
+            continue
+    return found
+
+
+def read_stderr_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    err, deadline = b"", time.monotonic() + timeout
+    while marker not in err:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the command did not reach {marker!r}: {err.decode(errors='replace')}")
+        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+        if ready:
+            err += os.read(proc.stderr.fileno(), 1 << 16)
+    return err
+
+
+def test_ctrl_c_in_ingest_on_a_quiet_loopback_cluster(tmp_path) -> None:
+    bids, out = tmp_path / "bids", tmp_path / "dataset"
+    paths = write_bids(resolve(bids), SynthOptions(subjects=16, seed=0))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", DEBUG_ENV)}
+    command = [BRAINJEPA, "ingest", str(bids), "--atlas", paths["atlas"], "--labels", paths["labels"],
+               "--out", str(out), "--scans-per-shard", "2"]
+    # its own process group, as a terminal's foreground job; SIGINT handled even if this runs in the background
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        err = read_stderr_until(proc, b"ingest:", timeout=300)  # the progress bar: Ray is up, chunks running
+        listening = listening_addresses(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground group
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = (err + rest).decode(errors="replace")
+
+    assert {name for name, _ in listening} >= {"gcs_server", "raylet"}, listening
+    exposed = [(name, ip) for name, ip in listening if not is_loopback(ip)]
+    assert not exposed, f"listening beyond the loopback address: {exposed}"
+
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err, err
+    assert not [word for word in RAY_CHATTER if word in err], err
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert [line for line in lines if "interrupted" in line] == [lines[-1]], err
+    assert lines[-1].startswith("brainjepa ingest: interrupted (Ctrl-C); chunks finished so far are kept in "), err
+    assert "the same command" in lines[-1]
+
+
+def test_quieted_ray_still_raises_task_errors(ray_cluster, capfd) -> None:
+    """Quieting Ray (Ray Data's console, the core worker's once-per-process line) leaves exceptions alone."""
+    import ray
+
+    from brainjepa_platform.cluster import consume_actor_restart_warning, quiet_ray_data_console
+
+    quiet_ray_data_console()
+    consume_actor_restart_warning()
+
+    @ray.remote
+    def broken() -> None:
+        raise ValueError("a real error in a Ray task")
+
+    with pytest.raises(ValueError, match="a real error in a Ray task"):
+        ray.get(broken.remote())
+    assert "constructor arguments" not in capfd.readouterr().err
+
+
+def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None:
+    """Ray Train's fit(), in the main thread, replaces the SIGINT handler with one that aborts the run and
+    exits 1 without a word; `brainjepa pretrain` runs it in a worker thread, so Ctrl-C stays a
+    KeyboardInterrupt for the command (then one line, status 130), after Ray is stopped."""
+    from brainjepa_platform import cluster
+
+    started, stopped = threading.Event(), threading.Event()
+    monkeypatch.setattr(cluster, "stop_ray", stopped.set)
+
+    def training() -> None:
+        if threading.current_thread() is threading.main_thread():  # as Ray Train does
+            signal.signal(signal.SIGINT, lambda *_: sys.exit(1))
+        started.set()
+        stopped.wait(60)
+
+    def ctrl_c() -> None:
+        started.wait(60)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        cluster.run_interruptible(training)
+    assert stopped.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
