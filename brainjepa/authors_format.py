@@ -236,11 +236,15 @@ def predictor_to_authors(state: Mapping[str, torch.Tensor], cfg: ModelConfig) ->
 
 
 def write_authors_checkpoint(cfg: ModelConfig, target: Mapping[str, torch.Tensor],
-                             context: Mapping[str, torch.Tensor], predictor: Mapping[str, torch.Tensor],
+                             context: Mapping[str, torch.Tensor] | None = None,
+                             predictor: Mapping[str, torch.Tensor] | None = None,
                              epoch: int = 0, loss: float | None = None) -> dict[str, Any]:
     """Their ``save_checkpoint`` dict, as their DDP training writes it (``module.`` prefixes), so their
-    ``load_checkpoint`` and downstream scripts read it. No optimizer state: their resume then starts
-    a fresh optimizer (their loader logs the missing ``opt`` and carries on with the weights loaded)."""
+    downstream scripts (which read ``target_encoder``) and ``load_checkpoint`` read it.
+
+    Without ``context`` the target encoder's weights stand in for it; without ``predictor`` the key is
+    left out (a registered model holds the target encoder only), so their training resume cannot use
+    the file. There is never optimizer state (``opt`` is None)."""
     if cfg.positional != "gradient":
         raise ValueError("the authors' format has gradient positioning only; this model uses "
                          f"positional={cfg.positional!r}")
@@ -248,12 +252,11 @@ def write_authors_checkpoint(cfg: ModelConfig, target: Mapping[str, torch.Tensor
     def ddp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {f"module.{k}": v.detach().clone().contiguous() for k, v in state.items()}
 
-    return {
-        "encoder": ddp(encoder_to_authors(context, cfg)),
-        "predictor": ddp(predictor_to_authors(predictor, cfg)),
-        "target_encoder": ddp(encoder_to_authors(target, cfg)),
-        "opt": None, "scaler": None, "epoch": epoch, "loss": loss,
-    }
+    out: dict[str, Any] = {"encoder": ddp(encoder_to_authors(target if context is None else context, cfg))}
+    if predictor is not None:
+        out["predictor"] = ddp(predictor_to_authors(predictor, cfg))
+    out["target_encoder"] = ddp(encoder_to_authors(target, cfg))
+    return {**out, "opt": None, "scaler": None, "epoch": epoch, "loss": loss}
 
 
 def read_gradient_table(text: str) -> torch.Tensor:
