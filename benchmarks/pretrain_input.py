@@ -2,9 +2,10 @@
 
     python benchmarks/pretrain_input.py --subjects 24 --samples 2048
 
-(a) samples/s from Parquet through Ray Data (windows, robust scaling, masks in the collate
-    function) to the iterator, against the same work done by pyarrow + numpy alone in this process,
-    at the small model's input shape and at the tiny model's (where per-batch overhead dominates);
+(a) samples/s from Parquet through Ray Data (windows, robust scaling, tensors in the collate
+    function, step-keyed masks drawn ahead as in training) to the iterator, against the same work
+    done by pyarrow + numpy alone in this process, at the small model's input shape and at the tiny
+    model's (where per-batch overhead dominates);
     steady state (second half of the samples), alternated and repeated, medians;
 (b) data-wait fraction of step time while training the small model (450 ROIs x 160 frames) with
     one worker on this machine's CPUs, from the run's own MLflow metrics (first window, with the
@@ -32,22 +33,25 @@ from brainjepa_platform.pretrain import run_pretraining
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.streaming import MaskingCollate, build_datasets
 from brainjepa_platform.synth import SynthOptions, write_parquet
+from brainjepa_platform.train_loop import step_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ray_data_rate(cfg: PretrainConfig, n_samples: int) -> tuple[float, float]:
-    """Through Ray Data to a worker-style iterator (streaming split, masks in the collate function,
-    prefetch): (samples/s over the second half of the samples, seconds to the first batch)."""
+    """Through Ray Data to a worker-style iterator (streaming split, collate function, prefetch, masks
+    keyed by step as the training loop draws them): (samples/s over the second half, seconds to the first
+    batch)."""
     start = time.perf_counter()
     train, _, _ = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed=n_samples)
     shard = train.streaming_split(1, equal=True)[0]
     collate = MaskingCollate(cfg.masks, cfg.model, seed=0, stream=0)
     marks: list[tuple[int, float]] = []
     seen = 0
-    for batch in shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
-                                          local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                                          prefetch_batches=cfg.data.prefetch_batches):
+    collated = shard.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
+                                        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                                        prefetch_batches=cfg.data.prefetch_batches)
+    for batch in collate.masked(collated, step_keys(0, 1), cfg.train.batch_size):
         seen += batch["series"].shape[0]
         marks.append((seen, time.perf_counter()))
         if seen >= n_samples:
@@ -95,6 +99,7 @@ def pyarrow_rate(cfg: PretrainConfig, n_samples: int) -> float:
                                                              cfg.model.frames, rng)))
                 while len(pending) >= cfg.train.batch_size:
                     collate({"series": np.stack(pending[: cfg.train.batch_size])})
+                    collate.collator.masks_for((seen, 0), cfg.train.batch_size)
                     pending = pending[cfg.train.batch_size :]
                     seen += cfg.train.batch_size
     return seen / (time.perf_counter() - start)
