@@ -65,13 +65,14 @@ def authors_roi_labels(n_rois: int) -> tuple[list[str], str]:
     return [f"ROI-{i + 1:03d}" for i in range(n_rois)], "unspecified"
 
 
-def read_gradients(uri: str) -> tuple[torch.Tensor, list[str] | None]:
-    """Their ``gradient_mapping_*.csv`` (R x m, no header) or this project's gradient artifact (.npz)."""
+def read_gradients(uri: str) -> tuple[torch.Tensor, list[str] | None, str | None]:
+    """Their ``gradient_mapping_*.csv`` (R x m, no header) or this project's gradient artifact (.npz,
+    which also gives the ROI labels and the atlas)."""
     raw = read_bytes(resolve(uri))
     if uri.endswith(".npz"):
         artifact = GradientArtifact.load(io.BytesIO(raw))
-        return torch.from_numpy(artifact.gradients).float(), artifact.roi_labels
-    return read_gradient_table(raw.decode()), None
+        return torch.from_numpy(artifact.gradients).float(), artifact.roi_labels, artifact.provenance.atlas
+    return read_gradient_table(raw.decode()), None, None
 
 
 def read_roi_labels(uri: str) -> list[str]:
@@ -115,12 +116,12 @@ def import_checkpoint(request: ImportRequest, tracking_uri: str | None = None) -
     from brainjepa_platform import tracking
 
     start = time.perf_counter()
-    gradients, artifact_labels = read_gradients(request.gradients)
+    gradients, artifact_labels, artifact_atlas = read_gradients(request.gradients)
     weights = read_authors_checkpoint(load_torch_file(request.checkpoint), gradients, request.which, request.heads)
     n_rois = weights.config.n_rois
     labels, atlas = authors_roi_labels(n_rois)
     if artifact_labels is not None:
-        labels, atlas = artifact_labels, "from gradient artifact"
+        labels, atlas = artifact_labels, artifact_atlas or "unspecified"
     if request.labels:
         labels, atlas = read_roi_labels(request.labels), Path(request.labels).stem
     if len(labels) != n_rois:

@@ -85,3 +85,16 @@ def test_import_errors_name_the_problem(registry, tmp_path, capsys) -> None:
     bad.write_text("\n".join(",".join(["1"] * 3) for _ in range(7)))
     assert main(["import-checkpoint", CHECKPOINT, "--gradients", str(bad)]) == 2
     assert "gradients' 7 ROIs" in capsys.readouterr().err
+
+
+def test_a_gradient_artifact_brings_its_roi_labels_and_atlas(registry, tmp_path, capsys) -> None:
+    from brainjepa.gradients import GradientArtifact, GradientParams, GradientProvenance
+
+    table = read_gradient_table(Path(GRADIENTS).read_text()).numpy()
+    labels = [f"7Networks_LH_{i}" for i in range(20)]
+    GradientArtifact(table, np.ones(3), labels, GradientParams(3), GradientProvenance(atlas="toy20")).save(
+        tmp_path / "gradients.npz")
+    assert main(["import-checkpoint", CHECKPOINT, "--gradients", str(tmp_path / "gradients.npz"),
+                 "--name", "authors-test"]) == 0
+    bundle = load_encoder(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bundle.roi_labels == labels and bundle.atlas == "toy20"
