@@ -130,3 +130,32 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
         cluster.run_interruptible(training)
     assert stopped.is_set()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+WORKER_OUTPUT_SCRIPT = """
+import sys, time
+import ray
+from brainjepa_platform.cluster import init_ray
+init_ray(worker_output=True)
+
+@ray.remote
+def work():
+    print("step 5/20 (25%) from a worker", flush=True)
+    print("worker chatter on stderr", file=sys.stderr, flush=True)
+
+ray.get(work.remote())
+time.sleep(3)  # the driver prints worker output as Ray's log monitor forwards it
+ray.shutdown()
+"""
+
+
+def test_pretraining_progress_reaches_the_console_without_ray_chatter(tmp_path) -> None:
+    """``init_ray(worker_output=True)`` (``brainjepa pretrain``) shows what workers print on stdout (rank 0's
+    progress lines), without Ray's worker prefix, and leaves their stderr in Ray's log files."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", DEBUG_ENV)}
+    result = subprocess.run([sys.executable, "-c", WORKER_OUTPUT_SCRIPT], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "step 5/20 (25%) from a worker" in result.stdout, (result.stdout, result.stderr)
+    assert "pid=" not in result.stdout
+    assert "worker chatter" not in result.stderr and "worker chatter" not in result.stdout
