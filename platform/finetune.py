@@ -226,10 +226,10 @@ def _trainer(config: dict[str, Any], num_workers: int, use_gpu: bool, storage_pa
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from brainjepa_platform.storage import resolve
+    from brainjepa_platform.storage import resolve, run_filesystem
 
     root = resolve(storage_path)
-    run_config = ray.train.RunConfig(name=name, storage_path=root.path, storage_filesystem=root.fs,
+    run_config = ray.train.RunConfig(name=name, storage_path=root.path, storage_filesystem=run_filesystem(root),
                                      checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
     return TorchTrainer(train_loop_per_worker, train_loop_config=config, run_config=run_config,
                         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),

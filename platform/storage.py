@@ -1,12 +1,11 @@
 """Object storage: local paths, file:// and s3:// URIs through pyarrow filesystems.
 
-S3 settings come from the standard AWS environment variables (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``) plus
-``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` for S3-compatible servers. Credentials are never
-logged or written anywhere; a missing credential is an error (the SDK would otherwise probe a
-metadata address). Writes are atomic for readers. Transient errors (network, throttling, 5xx) are
-retried with jittered backoff in one layer (:func:`with_retries`); missing files, denied access and bad
-requests fail at once.
+S3 credentials come from the standard AWS chain (:mod:`brainjepa_platform.aws_credentials`:
+environment, profiles, assumed roles, SSO, web identity, instance metadata), the region from
+``AWS_REGION``/``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` name an
+S3-compatible server. Credentials are never logged or written anywhere. Writes are atomic for
+readers. Transient errors (network, throttling, 5xx) are retried with jittered backoff in one layer
+(:func:`with_retries`); missing files, denied access and bad requests fail at once.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+from brainjepa_platform.aws_credentials import CredentialsError, current_credentials, profile_name
 
 T = TypeVar("T")
 
@@ -56,14 +57,12 @@ def s3_endpoint() -> str | None:
 
 
 def _s3_filesystem(retries: int) -> pafs.S3FileSystem:
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if not key or not secret:
-        raise StorageError(
-            "s3:// URIs need credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            "(and AWS_ENDPOINT_URL for an S3-compatible server)"
-        )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return _cached_s3_filesystem(retries, key, secret, os.environ.get("AWS_SESSION_TOKEN"), region, s3_endpoint())
+    """pyarrow's S3 client with the credentials the standard AWS chain gives now (see aws_credentials)."""
+    try:
+        creds = current_credentials()
+    except CredentialsError as exc:
+        raise StorageError(str(exc)) from None
+    return _cached_s3_filesystem(retries, creds.access_key, creds.secret_key, creds.token, region(), s3_endpoint())
 
 
 @lru_cache(maxsize=16)
@@ -86,6 +85,27 @@ def _cached_s3_filesystem(retries: int, key: str, secret: str, token: str | None
         kwargs["scheme"] = parsed.scheme or "https"
         kwargs["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**kwargs)
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def run_filesystem(loc: Location) -> pafs.FileSystem:
+    """The filesystem to hand Ray Train / Tune for a whole run's checkpoints.
+
+    With temporary credentials (assumed role, web identity, SSO, instance profile) this is s3fs behind
+    pyarrow's ``FSSpecHandler``: pyarrow's own client keeps the credentials it was built with, which
+    expire within hours, while s3fs renews them through botocore, and resolves them in each worker
+    from its own environment (no secret travels with the pickled filesystem). Otherwise ``loc.fs``.
+    """
+    if not loc.is_s3 or not current_credentials().temporary:
+        return loc.fs
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint(), profile=profile_name(),
+                           client_kwargs={"region_name": region()}, config_kwargs={"connect_timeout": 5})
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def resolve(uri: str | os.PathLike, retries: int = 3) -> Location:

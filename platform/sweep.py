@@ -40,7 +40,16 @@ from brainjepa_platform.pretrain import (
     resolve_gradients,
 )
 from brainjepa_platform.pretrain_config import PretrainConfig
-from brainjepa_platform.storage import Location, ensure_bucket, exists, read_json, resolve, write_bytes, write_json
+from brainjepa_platform.storage import (
+    Location,
+    ensure_bucket,
+    exists,
+    read_json,
+    resolve,
+    run_filesystem,
+    write_bytes,
+    write_json,
+)
 from brainjepa_platform.sweep_config import (
     ObjectiveConfig,
     ParamSpec,
@@ -393,9 +402,9 @@ def make_tuner(cfg: SweepConfig, context: TrialContext, sweep_dir: Location, sea
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), dict(cfg.trial_resources))
-    if tune.Tuner.can_restore(sweep_dir.path, storage_filesystem=sweep_dir.fs):
+    if tune.Tuner.can_restore(sweep_dir.path, storage_filesystem=run_filesystem(sweep_dir)):
         return tune.Tuner.restore(sweep_dir.path, trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=sweep_dir.fs)
+                                  storage_filesystem=run_filesystem(sweep_dir))
     tune_config = tune.TuneConfig(
         metric=None if scheduler else OBJECTIVE, mode=None if scheduler else cfg.objective.mode,
         search_alg=search, scheduler=scheduler, num_samples=cfg.num_samples,
@@ -403,7 +412,7 @@ def make_tuner(cfg: SweepConfig, context: TrialContext, sweep_dir: Location, sea
         max_concurrent_trials=None if cfg.search != "bayes" else cfg.max_concurrent_trials or None,
     )
     root = resolve(cfg.storage_path)
-    run_config = tune.RunConfig(name=cfg.name, storage_path=root.path, storage_filesystem=root.fs,
+    run_config = tune.RunConfig(name=cfg.name, storage_path=root.path, storage_filesystem=run_filesystem(root),
                                 callbacks=callbacks, verbose=cfg.verbose,
                                 failure_config=tune.FailureConfig(max_failures=0))
     return tune.Tuner(trainable, param_space=search_space(cfg), tune_config=tune_config, run_config=run_config)
