@@ -63,11 +63,14 @@ def sample_window(
     return window_at(series, tr, target_tr, frames, rng.uniform(0.0, slack))
 
 
-def tiling_windows(series: np.ndarray, tr: float, target_tr: float, frames: int) -> np.ndarray:
-    """(k, R, frames): consecutive windows covering the whole scan, the last one ending at its end
-    (deterministic: used to embed a scan)."""
+def tiling_windows(series: np.ndarray, tr: float, target_tr: float, frames: int,
+                   step: float | None = None) -> np.ndarray:
+    """(k, R, frames): windows covering the whole scan, starting every ``step`` seconds (default: the
+    window's length, i.e. consecutive windows), the last one ending at its end (deterministic: used to embed a scan)."""
     slack = _check_long_enough(series.shape[1], tr, target_tr, frames)
-    step = frames * target_tr
+    step = frames * target_tr if step is None else float(step)
+    if step <= 0:
+        raise ValueError(f"window step must be > 0 seconds, got {step}")
     starts = list(np.arange(0.0, slack + 1e-9, step))
     if slack - starts[-1] > 1e-9:
         starts.append(slack)

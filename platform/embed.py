@@ -92,10 +92,12 @@ def random_encoder_bundle(bundle: EncoderBundle, seed: int = 0) -> EncoderBundle
 
 
 def embed_scan(bundle: EncoderBundle, series: np.ndarray, tr: float, target_tr: float,
-               per_roi: bool, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """One scan (R, T) -> (D,) embedding and optionally (R, D) per-ROI embeddings."""
+               per_roi: bool, batch_size: int,
+               window_stride: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One scan (R, T) -> (D,) embedding and optionally (R, D) per-ROI embeddings (windows every
+    ``window_stride`` seconds; default: consecutive windows)."""
     cfg = bundle.config
-    windows = tiling_windows(series, tr, target_tr, cfg.frames)
+    windows = tiling_windows(series, tr, target_tr, cfg.frames, window_stride)
     tokens = bundle.embed(windows, pooling="none", batch_size=batch_size)  # (k, R*P, D), ROI-major
     pooled = tokens.mean(axis=(0, 1))
     rois = tokens.reshape(tokens.shape[0], cfg.n_rois, cfg.n_time_patches, -1).mean(axis=(0, 2)) if per_roi else None
