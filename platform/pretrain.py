@@ -34,6 +34,7 @@ from brainjepa_platform.storage import (
     read_bytes,
     read_json,
     resolve,
+    run_filesystem,
     write_bytes,
     write_json,
 )
@@ -142,7 +143,7 @@ def make_trainer(cfg: PretrainConfig, datasets: dict[str, Any], loop_config: dic
     scaling = ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                       resources_per_worker={"CPU": cfg.train.cpus_per_worker})
     run_config = ray.train.RunConfig(
-        name=cfg.train.name, storage_path=root.path, storage_filesystem=root.fs,
+        name=cfg.train.name, storage_path=root.path, storage_filesystem=run_filesystem(root),
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
     )
@@ -156,8 +157,10 @@ def make_trainer(cfg: PretrainConfig, datasets: dict[str, Any], loop_config: dic
 
 
 def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkpoint: Any,
-                     manifest: dict[str, Any], artifact: GradientArtifact | None) -> str:
-    """Log the final target encoder as a pyfunc embedding model and register it under the alias."""
+                     manifest: dict[str, Any], artifact: GradientArtifact | None,
+                     metrics: dict[str, Any] | None = None) -> str:
+    """Log the final target encoder as a pyfunc embedding model and register it under the alias; the
+    version is tagged with the steps, dataset and the final loss and monitors (``metrics``: the last report)."""
     import mlflow
 
     from brainjepa.preprocess import RobustStats
@@ -176,6 +179,8 @@ def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkp
             roi_labels=manifest["atlas"]["roi_labels"], atlas=manifest["atlas"]["name"],
             registered_name=cfg.tracking.registered_model or None, alias=cfg.tracking.alias,
             target_tr=cfg.data.target_tr,
+            version_tags=tracking.training_tags((metrics or {}).get("step", cfg.train.steps), cfg.data.dataset,
+                                                metrics),
         )
 
 
@@ -226,7 +231,8 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
             raise result.error
         version = None
         if cfg.tracking.register and result.checkpoint is not None:
-            version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact)
+            version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact,
+                                       dict(result.metrics))
     return PretrainResult(run_id=run.run_id, steps=int(result.metrics.get("step", 0)),
                           checkpoint=None if result.checkpoint is None else result.checkpoint.path,
                           model_version=version, metrics=dict(result.metrics))

@@ -8,19 +8,25 @@
   state dict (read back with ``torch.load(weights_only=True)``), the ModelConfig, the brain-gradient
   matrix, the robust-scaling statistics and the ROI labels + atlas, so that the same normalisation
   is applied at inference as in training.
-* ``log_encoder``: log the bundle in the active run, register a new model version, move an alias
+* ``log_encoder``: log the bundle in the active run (signature, input example), register a new model
+  version tagged and described (atlas, ROIs, frames, TR; steps, dataset, final loss and monitors when
+  known: ``training_tags``), move an alias
   (default ``current``; MLflow reserves ``latest``, which is built in as ``models:/name/latest``). The
   registered name says what the model accepts (``encoder_model_name``: ``brainjepa-encoder-<atlas>-<n_rois>``),
   so a run on another atlas never moves the alias that users of this one embed with.
 * ``load_encoder``: ``models:/name@alias``, ``models:/name/latest`` or ``runs:/...`` URI -> :class:`EncoderBundle`.
 
 The logged model is "models from code" (a three-line file importing :class:`EncoderModel`), so it
-holds no pickle; ``brainjepa`` must be installed wherever it is loaded.
+holds no pickle; ``brainjepa`` must be installed wherever it is loaded or served (its requirements name
+``brainjepa==<version>``; the source is not copied in as ``code_paths``, see :func:`default_pip_requirements`).
 
-Input contract of the pyfunc: a numpy array (or nested list) of RAW ROI time series, shape
-``(batch, n_rois, frames)`` at the model's frame count (already resampled to its TR); output: float32
-embeddings ``(batch, dim)`` mean-pooled over tokens, or ``(batch, n_rois * n_time_patches, dim)``
-with ``params={"pooling": "none"}``.
+Input contract of the pyfunc (its signature): a float32 tensor ``(-1, n_rois, frames)`` of RAW ROI
+time series at the model's frame count (already resampled to its TR); output: float32 embeddings
+``(-1, dim)`` mean-pooled over tokens, or ``(batch, n_rois * n_time_patches, dim)`` with
+``params={"pooling": "none"}``. MLflow enforces the input's dtype and shape before ``predict`` (a
+float64 array is refused: pass float32, or use :meth:`EncoderBundle.embed`, which takes any numbers).
+``mlflow models serve -m models:/<name>@current --env-manager local`` serves it; POST
+``{"inputs": [[[...]]], "params": {"pooling": "mean"}}`` to ``/invocations``.
 """
 
 from __future__ import annotations
@@ -44,12 +50,13 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ParamSchema, ParamSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
 import brainjepa
 from brainjepa.config import from_dict, to_dict
 from brainjepa.model import BrainEncoder, ModelConfig
+from brainjepa.monitors import LEARNING_MONITORS
 from brainjepa.preprocess import RobustStats
 
 _log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ DEFAULT_ALIAS = "current"
 RESERVED_ALIAS = "latest"
 MASK = "***REDACTED***"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+MAX_TAG_CHARS = 5000  # a model version tag value (MLflow allows 100,000)
 PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch request
 
 # bundle files (keys of the pyfunc ``artifacts`` mapping = file names without suffix)
@@ -443,26 +451,100 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.bundle = read_bundle(context.artifacts)
 
-    # np.ndarray is a hint MLflow leaves alone (no conversion); nested lists of the same shape work too
+    # np.ndarray is a hint MLflow leaves alone (no conversion); the signature has MLflow check dtype and shape
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Embeddings of ``model_input``; a bad input or param is an MLflow "invalid parameter" error, which a
+        model server answers with HTTP 400 and the message (not a 500 with a stack trace)."""
         if self.bundle is None:
             raise RuntimeError("EncoderModel has no bundle: load it with mlflow.pyfunc.load_model")
         params = params or {}
-        return self.bundle.embed(
-            model_input, pooling=str(params.get("pooling") or "mean"), batch_size=int(params.get("batch_size") or 32)
-        )
+        try:
+            return self.bundle.embed(model_input, pooling=str(params.get("pooling") or "mean"),
+                                     batch_size=int(params.get("batch_size") or 32))
+        except ValueError as exc:
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
 
 
-def encoder_signature() -> ModelSignature:
-    """Params only (pooling, batch_size): the input shape is checked by the model, with a clear message."""
+def encoder_signature(cfg: ModelConfig) -> ModelSignature:
+    """Input: a float32 tensor ``(-1, n_rois, frames)`` of raw ROI series; output: float32 ``(-1, dim)``
+    embeddings (``pooling="none"`` returns ``(-1, n_tokens, dim)``; MLflow does not enforce outputs);
+    params: ``pooling`` ("mean" | "none") and ``batch_size``. MLflow checks inputs against it (dtype and
+    shape, naming the expected shape) before :meth:`EncoderModel.predict` runs."""
     return ModelSignature(
-        params=ParamSchema([ParamSpec("pooling", "string", "mean"), ParamSpec("batch_size", "long", 32)])
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.n_rois, cfg.frames))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.dim))]),
+        params=ParamSchema([ParamSpec("pooling", "string", "mean"), ParamSpec("batch_size", "long", 32)]),
     )
 
 
+def encoder_input_example(cfg: ModelConfig) -> np.ndarray:
+    """One all-zero series ``(1, n_rois, frames)``, float32: MLflow saves it as JSON (about 20 bytes a value in
+    both files: ~1.4 MB at 450 ROIs x 160 frames) and predicts it through its serving path when logging."""
+    return np.zeros((1, cfg.n_rois, cfg.frames), dtype=np.float32)
+
+
 def default_pip_requirements() -> list[str]:
-    """Minimal requirements (no slow inference); brainjepa itself must be installed where the model is served."""
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pyyaml=={yaml.__version__}"]
+    """This package at the running version, plus the pins inference needs (MLflow adds its own).
+
+    ``brainjepa`` is not on PyPI: ``--env-manager local`` uses the installed package and installs nothing;
+    to rebuild the environment elsewhere (``virtualenv``, ``uv``, ``conda``) make it resolvable, e.g.
+    ``pip wheel --no-deps -w wheels .`` then ``PIP_FIND_LINKS=wheels``. The source is not logged as
+    ``code_paths``: MLflow would put that copy first on ``sys.path`` of every process loading the model,
+    so modules imported afterwards would come from a model's snapshot instead of the installed package."""
+    return [f"brainjepa=={brainjepa_version()}", f"torch=={torch.__version__.split('+')[0]}",
+            f"numpy=={np.__version__}", f"pyyaml=={yaml.__version__}"]
+
+
+def training_tags(steps: int | None = None, dataset: str | None = None,
+                  metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Version tags of a pretrained encoder: ``steps``, ``dataset`` (URI) and ``final.<name>`` for the loss,
+    validation loss and learning/collapse monitors in ``metrics`` (the run's last report); unknown ones are
+    None, which :func:`encoder_version_tags` leaves out."""
+    metrics = metrics or {}
+    names = ("loss", "val_loss", *LEARNING_MONITORS)
+    return {"steps": steps, "dataset": dataset, **{f"final.{name}": metrics.get(name) for name in names}}
+
+
+def _known(value: Any) -> bool:
+    return value is not None and value != "" and not (isinstance(value, (float, np.floating)) and np.isnan(value))
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(redact_value(str(value)))[:MAX_TAG_CHARS]
+
+
+def encoder_version_tags(cfg: ModelConfig, atlas: str, target_tr: float | None,
+                         extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Registry tags of an encoder version: what it accepts (atlas, n_rois, frames, target_tr), what it is
+    (size, dim, patch, positional, brainjepa version), then ``extra`` (e.g. :func:`training_tags`); None
+    and NaN values are left out, every value is a redacted string."""
+    tags = {"atlas": atlas, "n_rois": cfg.n_rois, "frames": cfg.frames, "target_tr": target_tr, "patch": cfg.patch,
+            "model_size": cfg.size, "dim": cfg.dim, "positional": cfg.positional,
+            "brainjepa_version": brainjepa_version(), **dict(extra or {})}
+    return {str(key): _tag_text(value) for key, value in tags.items() if _known(value)}
+
+
+def encoder_description(cfg: ModelConfig, atlas: str, target_tr: float | None, tags: Mapping[str, str],
+                        model_uri: str) -> str:
+    """A version's description: input and output, training (steps, dataset, final loss) when tagged, how to serve."""
+    tr = f" at TR {target_tr:g} s" if target_tr else ""
+    text = (f"Brain-JEPA target encoder ({cfg.size}, dim {cfg.dim}, {cfg.positional} positions), atlas {atlas}: "
+            f"raw ROI series, float32 (batch, {cfg.n_rois} ROIs, {cfg.frames} frames{tr}) -> (batch, {cfg.dim}) "
+            "embeddings; params pooling ('mean' | 'none'), batch_size.")
+    if "steps" in tags or "dataset" in tags:
+        text += f" Pretrained {tags.get('steps', '?')} steps on {tags.get('dataset', '?')}"
+        text += f", final loss {tags['final.loss']}." if "final.loss" in tags else "."
+    return text + f" Serve: mlflow models serve -m {model_uri} --env-manager local (brainjepa installed)."
+
+
+def describe_version(registered_name: str, version: str, tags: Mapping[str, str], description: str) -> None:
+    """Set the tags and the (redacted) description of a registered model version."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    client.update_model_version(registered_name, version, description=str(redact_value(description)))
 
 
 # --- logging and registry ----------------------------------------------------------------------------
@@ -487,10 +569,13 @@ def log_encoder(
     step: int = 0,
     pip_requirements: list[str] | None = None,
     target_tr: float | None = None,
+    version_tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> str:
     """Log the target encoder as a pyfunc in the active run, register a new version of
-    ``registered_name`` (default: ``encoder_model_name(atlas, model_cfg.n_rois)``), point ``alias`` at it
-    and return the version (a string)."""
+    ``registered_name`` (default: ``encoder_model_name(atlas, model_cfg.n_rois)``), tag and describe it
+    (:func:`encoder_version_tags` with ``version_tags``, e.g. :func:`training_tags`; ``description``
+    replaces :func:`encoder_description`), point ``alias`` at it and return the version (a string)."""
     run = _require_active_run()
     registered_name = registered_name or encoder_model_name(atlas, model_cfg.n_rois)
     extra = {str(k): str(v) for k, v in (extra_artifacts or {}).items()}
@@ -504,19 +589,25 @@ def log_encoder(
         code = Path(tmp) / "brainjepa_encoder_model.py"
         code.write_text(MODEL_CODE)
         metadata = {"atlas": atlas, "brainjepa_version": brainjepa_version(), "run_id": run.info.run_id}
-        with warnings.catch_warnings():  # no input example on purpose: predict checks the shape itself
+        # no example for a model without scaling statistics: its predict refuses every input
+        example = None if _as_stats(stats) is None else encoder_input_example(model_cfg)
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(code),
                 artifacts={**artifacts, **extra},
-                signature=encoder_signature(),
+                signature=encoder_signature(model_cfg),
+                input_example=example,
                 pip_requirements=pip_requirements or default_pip_requirements(),
                 registered_model_name=registered_name,
                 metadata=metadata,
                 step=step,
             )
     version = str(info.registered_model_version)
+    tags = encoder_version_tags(model_cfg, atlas, target_tr, version_tags)
+    describe_version(registered_name, version, tags, description or encoder_description(
+        model_cfg, atlas, target_tr, tags, f"models:/{registered_name}/{version}"))
     set_alias(registered_name, alias, version)
     return version
 

@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from brainjepa.jepa import BrainJEPA, PretrainEngine
@@ -48,8 +49,9 @@ def tiny_model(seed: int, gradients: torch.Tensor) -> BrainJEPA:
 
 
 def raw_series(batch: int, seed: int = 3, rois: int = 12, frames: int = 32) -> np.ndarray:
+    """Raw float32 series, the dtype the pyfunc's signature declares."""
     rng = np.random.default_rng(seed)
-    return rng.normal(5.0, 3.0, size=(batch, rois, frames))
+    return rng.normal(5.0, 3.0, size=(batch, rois, frames)).astype(np.float32)
 
 
 def direct_embedding(model: BrainJEPA, stats: RobustStats, x: np.ndarray, pool: bool = True) -> np.ndarray:
@@ -187,8 +189,16 @@ def test_two_versions_and_alias(store: dict[str, Any]) -> None:
     assert store["versions"] == ("1", "2")
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "current").version) == "2"
-    assert str(client.get_model_version(NAME, "2").version) == "2"
+    version = client.get_model_version(NAME, "2")
+    assert str(version.version) == "2"
     assert client.get_model_version(NAME, "1").run_id == store["run_id"]
+    # without training tags a version still says what it accepts (no steps, dataset or loss: not known)
+    assert {k: version.tags[k] for k in ("atlas", "n_rois", "frames", "dim")} == {
+        "atlas": ATLAS, "n_rois": "12", "frames": "32", "dim": "64"}
+    assert "steps" not in version.tags and "target_tr" not in version.tags and "final.loss" not in version.tags
+    assert "float32 (batch, 12 ROIs, 32 frames) -> (batch, 64) embeddings" in version.description
+    signature = mlflow.models.get_model_info(f"models:/{NAME}/2").signature
+    assert signature.inputs.inputs[0].shape == (-1, 12, 32) and signature.outputs.inputs[0].shape == (-1, 64)
 
 
 def test_pyfunc_predict_matches_target_encoder(store: dict[str, Any]) -> None:
@@ -198,7 +208,7 @@ def test_pyfunc_predict_matches_target_encoder(store: dict[str, Any]) -> None:
     out = model.predict(x)
     assert out.shape == (3, 64) and out.dtype == np.float32
     np.testing.assert_allclose(out, direct_embedding(second, store["stats"], x), rtol=1e-5, atol=1e-5)
-    tokens = model.predict(x.tolist(), params={"pooling": "none", "batch_size": 2})
+    tokens = model.predict(x, params={"pooling": "none", "batch_size": 2})
     assert tokens.shape == (3, 12 * 4, 64)
     np.testing.assert_allclose(tokens, direct_embedding(second, store["stats"], x, pool=False), atol=1e-5)
     old = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(x)
@@ -207,13 +217,18 @@ def test_pyfunc_predict_matches_target_encoder(store: dict[str, Any]) -> None:
 
 
 def test_predict_rejects_wrong_shape_with_clear_message(store: dict[str, Any]) -> None:
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}/latest")
-    with pytest.raises(ValueError, match=r"model expects 12 ROIs \(atlas toy12\) x 32 frames.*got shape \(2, 11, 32\)"):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/latest")  # MLflow checks the signature first
+    with pytest.raises(MlflowException, match=r"input \(2, 11, 32\) does not match expected shape \(-1, 12, 32\)"):
         model.predict(raw_series(2, rois=11))
-    with pytest.raises(ValueError, match=r"x 32 frames.*got shape \(2, 12, 24\)"):
-        model.predict(raw_series(2, frames=24))
-    with pytest.raises(ValueError, match="pooling must be"):
+    with pytest.raises(MlflowException, match="dtype of input float64 does not match expected dtype float32"):
+        model.predict(raw_series(1).astype(np.float64))
+    with pytest.raises(MlflowException, match="pooling must be 'mean' or 'none', got 'max'"):
         model.predict(raw_series(1), params={"pooling": "max"})
+    bundle = load_encoder(f"models:/{NAME}/latest")  # no signature there: the bundle's own check, any dtype
+    with pytest.raises(ValueError, match=r"model expects 12 ROIs \(atlas toy12\) x 32 frames.*got shape \(2, 11, 32\)"):
+        bundle.embed(raw_series(2, rois=11))
+    with pytest.raises(ValueError, match=r"x 32 frames.*got shape \(2, 12, 24\)"):
+        bundle.embed(raw_series(2, frames=24).astype(np.float64))
 
 
 def test_load_encoder_round_trip(store: dict[str, Any]) -> None:
