@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,17 @@ CHECKPOINT, GRADIENTS = str(DATA / "authors_checkpoint.pt"), str(DATA / "gradien
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch) -> str:
+def registry(tmp_path, monkeypatch) -> Iterator[str]:
+    """A fresh sqlite registry; MLflow's process-wide tracking URI and active experiment (which
+    import-checkpoint sets, as a command does) are put back afterwards for the tests that follow."""
+    import mlflow
+    from mlflow.tracking import fluent
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    monkeypatch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+    yield uri
+    mlflow.set_tracking_uri(None)
 
 
 def test_imported_model_embeds_like_the_authors_target_encoder(registry, tmp_path, capsys) -> None:

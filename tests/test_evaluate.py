@@ -18,7 +18,7 @@ from brainjepa_platform.embed import embed_dataset, read_embeddings
 from brainjepa_platform.evaluate import FC, MODEL, RANDOM
 from brainjepa_platform.ingest import read_manifest, shard_locations
 from brainjepa_platform.synth import SynthOptions, write_parquet
-from brainjepa_platform.tracking import load_encoder, log_encoder
+from brainjepa_platform.tracking import ensure_experiment, load_encoder, log_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 TARGET_TR = 2.0
@@ -41,7 +41,7 @@ def registered(cohort: str, tmp_path_factory) -> str:
     torch.manual_seed(1)
     encoder = BrainEncoder(cfg, torch.from_numpy(gradients))
     mlflow.set_tracking_uri(tracking)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=ensure_experiment("evaluate", tracking)):  # not an earlier test's experiment
         log_encoder(encoder.state_dict(), cfg, gradients, manifest["robust_stats"], manifest["atlas"]["roi_labels"],
                     manifest["atlas"]["name"], registered_name="eval-encoder", alias="current", target_tr=TARGET_TR)
     return tracking
