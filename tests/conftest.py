@@ -35,18 +35,27 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 HTTP server (moto) on 127.0.0.1; credentials set before Ray starts so workers inherit them."""
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3 HTTP server (moto) on 127.0.0.1. Its credentials are only in a profile of a shared
+    credentials file (no AWS_ACCESS_KEY_ID anywhere), as on a workstation: every S3 test, ingestion,
+    pretraining and embedding on Ray included, goes through the standard credential chain. Set before
+    Ray starts, so its workers inherit them."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
-                                            "AWS_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret-do-not-log",
-                       "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"})
+    credentials = tmp_path_factory.mktemp("aws") / "credentials"
+    credentials.write_text("[brainjepa-tests]\naws_access_key_id = testing-key\n"
+                           "aws_secret_access_key = testing-secret-do-not-log\n")
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+             "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_REGION")
+    saved = {k: os.environ.get(k) for k in names}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        os.environ.pop(key, None)
+    os.environ.update({"AWS_PROFILE": "brainjepa-tests", "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"})
     yield endpoint
     server.stop()
     for k, v in saved.items():

@@ -1,15 +1,13 @@
 """s3:// through the standard AWS credential chain, against the moto server (S3 and STS on loopback):
-credentials only in a profile file, a role assumed through STS, a wrong profile, no key in any pickle."""
+credentials only in a profile file, a role assumed through STS, a wrong profile, no key in any pickle.
+(Every other S3 test runs with profile-only credentials too: ingestion, pretraining and embedding on Ray,
+see conftest's ``s3_endpoint``.)"""
 
 from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
@@ -76,23 +74,3 @@ def test_a_wrong_profile_fails_in_one_line_naming_it(profiles, monkeypatch) -> N
         resolve("s3://bucket/x")
     message = str(info.value)
     assert "'no-such-profile'" in message and "\n" not in message and PROFILE_SECRET not in message
-
-
-def test_ingest_on_ray_with_credentials_only_in_a_profile(profiles, tmp_path) -> None:
-    """The driver and the Ray workers (which inherit the environment) find the profile: no key variables."""
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        np.save(tables / f"sub-{i:02d}.npy", rng.standard_normal((12, 40)))
-    env = {**profiles, "AWS_PROFILE": "research"}
-    env.pop("RAY_ADDRESS", None)
-    brainjepa = str(Path(sys.executable).parent / "brainjepa")
-    out = "s3://profile-ingest/ds"
-    result = subprocess.run([brainjepa, "ingest", str(tables), "--format", "roi-table", "--tr", "2.0",
-                             "--orientation", "rois-by-time", "--out", out], capture_output=True, text=True, env=env,
-                            timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert PROFILE_SECRET not in result.stdout + result.stderr
-    info = subprocess.run([brainjepa, "dataset", "info", out], capture_output=True, text=True, env=env, timeout=120)
-    assert info.returncode == 0 and "scans 3" in info.stdout, info.stderr

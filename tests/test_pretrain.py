@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from brainjepa.config import load_config
 from brainjepa.preprocess import RobustStats
+from brainjepa_platform.embed import embed_dataset, read_embeddings, write_embeddings
+from brainjepa_platform.ingest import read_manifest
 from brainjepa_platform.pretrain import run_pretraining
 from brainjepa_platform.pretrain_config import PretrainConfig
 from brainjepa_platform.run_lock import LOCK_FILE, RunLock, RunLockedError
@@ -77,6 +79,11 @@ def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path
     assert bundle.embed(x).shape == (3, 64)
     with pytest.raises(ValueError, match="24 ROIs"):
         bundle.embed(x[:, :9])
+    # ingest -> pretrain -> embed, all on S3 with the credentials only in a profile (conftest)
+    emb = embed_dataset(bundle, s3_dataset)
+    write_embeddings(emb, "s3://pretrain-runs/embeddings", {"model": MODEL_NAME})
+    assert read_embeddings("s3://pretrain-runs/embeddings")["embedding"].map(len).eq(64).all()
+    assert len(emb.scan_ids) == read_manifest(s3_dataset)["counts"]["scans"] - len(emb.skipped)
     # the same command again resumes the finished run instead of starting over
     again = run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run"))
     assert again.run_id == result.run_id and again.steps == 12
