@@ -117,7 +117,7 @@ class RunLock:
 
     def _create(self) -> bool:
         """Create the lock file if there is none; True when this call created it."""
-        if self.loc.is_s3:
+        if not self.loc.is_local:  # an object store: write, then read back (best effort)
             if self.read() is not None:
                 return False
             write_bytes(self.loc, self._payload())

@@ -46,6 +46,10 @@ class Location:
     def is_s3(self) -> bool:
         return isinstance(self.fs, pafs.S3FileSystem)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def child(self, *parts: str) -> Location:
         path = "/".join([self.path.rstrip("/"), *parts])
         uri = "/".join([self.uri.rstrip("/"), *parts])
@@ -119,7 +123,29 @@ def resolve(uri: str | os.PathLike, retries: int = 3) -> Location:
     if parsed.scheme in ("", "file"):
         path = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
         return Location(pafs.LocalFileSystem(), path, path)
-    raise StorageError(f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file:// or s3://")
+    if parsed.scheme in FSSPEC_SCHEMES:
+        return Location(_fsspec_filesystem(parsed.scheme), f"{parsed.netloc}{parsed.path}".rstrip("/"),
+                        text.rstrip("/"))
+    raise StorageError(f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file://, s3://, "
+                       f"or one of {sorted(s + '://' for s in FSSPEC_SCHEMES)}")
+
+
+FSSPEC_SCHEMES = {"gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure", "memory": ""}
+"""Object stores reached through fsspec (gcsfs, adlfs: the project's optional extras ``gcs`` and ``azure``;
+``memory`` is fsspec's own in-process store), wrapped for pyarrow. Their libraries resolve credentials
+with their platforms' own chains (Google application default credentials, Azure's DefaultAzureCredential)."""
+
+
+@lru_cache(maxsize=8)
+def _fsspec_filesystem(scheme: str) -> pafs.FileSystem:
+    import fsspec
+
+    try:
+        fs = fsspec.filesystem(scheme)
+    except ImportError as exc:
+        raise StorageError(f"{scheme}:// URIs need an optional dependency ({exc}): "
+                           f"pip install 'brainjepa[{FSSPEC_SCHEMES[scheme]}]'") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 TRANSIENT_ERRNOS = frozenset({
@@ -191,14 +217,14 @@ def single_attempt(loc: Location) -> Location:
 def write_bytes(loc: Location, data: bytes, attempts: int = 5, base_delay: float = 0.5) -> None:
     """Write ``data`` so that readers see the whole object or nothing.
 
-    Local: a temporary file renamed into place. S3: a single PUT (or completed multipart upload),
-    which only becomes visible once complete.
+    Local: a temporary file renamed into place. Object stores (S3, GCS, Azure): a single upload, which
+    only becomes visible once complete.
     """
 
     fs = single_attempt(loc).fs
 
     def put() -> None:
-        if loc.is_s3:
+        if not loc.is_local:  # an object store: the object appears when its upload completes
             with fs.open_output_stream(loc.path, compression=None) as out:
                 out.write(data)
             return
@@ -247,7 +273,7 @@ def list_files(loc: Location, suffix: str = "") -> list[Location]:
     out = []
     for info in infos:
         if info.type == pafs.FileType.File and info.path.endswith(suffix):
-            rel = info.path[len(loc.path.rstrip("/")) + 1 :]
+            rel = info.path.lstrip("/")[len(loc.path.strip("/")) + 1 :]  # fsspec stores may add a leading "/"
             out.append(loc.child(rel))
     return sorted(out, key=lambda x: x.path)
 

@@ -135,7 +135,7 @@ def replace_bids(out: Location, opts: SynthOptions, overwrite: bool = False) -> 
     written over it, then the old tree's other files deleted); anything else there is always an error."""
     if check_output(out, overwrite, "synthetic") == "missing":
         return write_bids(out, opts)
-    if not out.is_s3:
+    if out.is_local:
         replace_local_dir(out, lambda staging: _write_files(staging, opts))
         return bids_paths(out)
     written = _write_files(out, opts)

@@ -119,3 +119,25 @@ def test_backoff_is_jittered_and_grows(monkeypatch) -> None:
     for delays in (first, second):
         assert all(0.5 * 2**k <= d <= 2**k for k, d in enumerate(delays))  # exponential, within "equal jitter"
     assert first != second  # two clients failing together do not retry in lockstep
+
+
+def test_fsspec_object_stores_by_scheme() -> None:
+    """gs:// and az:// go through fsspec (gcsfs, adlfs: optional extras); fsspec's in-process memory://
+    store exercises the same path: atomic write, read, exists, listing; a missing extra is named."""
+    from brainjepa_platform.storage import exists, list_files, write_json
+
+    root = resolve("memory://brainjepa-test/ds")
+    write_bytes(root.child("data", "shard-0.parquet"), b"shard")
+    write_json(root.child("manifest.json"), {"scans": 1})
+    assert read_bytes(root.child("data", "shard-0.parquet")) == b"shard"
+    assert exists(root.child("manifest.json")) and not exists(root.child("nope.json"))
+    assert [f.uri for f in list_files(root, ".parquet")] == ["memory://brainjepa-test/ds/data/shard-0.parquet"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_bytes(root.child("nope.json"))
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(StorageError, match=r"brainjepa\[gcs\]"):
+            resolve("gs://bucket/ds")
+    with pytest.raises(StorageError, match="unsupported URI scheme 'ftp'"):
+        resolve("ftp://host/ds")
