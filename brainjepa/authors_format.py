@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from brainjepa.model import PRESETS, BrainEncoder, ModelConfig
+from brainjepa.model import PRESETS, BrainEncoder, ModelConfig, Predictor, state_mismatch
 from brainjepa.positional import sincos_1d
 
 STATE_KEYS = ("encoder", "predictor", "target_encoder")
@@ -196,18 +196,18 @@ def read_authors_checkpoint(checkpoint: Mapping[str, Any], gradients: torch.Tens
 
 def _check_loadable(cfg: ModelConfig, gradients: torch.Tensor, target: dict[str, torch.Tensor],
                     context: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor]) -> None:
-    """Strict shape and key check against freshly built modules: one error naming every problem."""
-    from brainjepa.model import Predictor
-
+    """Strict key and shape check against the modules (built on the meta device: no memory, no
+    initialisation), one error naming every problem."""
+    with torch.device("meta"):
+        encoder, predictor_module = BrainEncoder(cfg, gradients).state_dict(), Predictor(cfg, gradients).state_dict()
     problems = []
-    for part, state, module in (("target_encoder", target, BrainEncoder(cfg, gradients)),
-                                ("encoder", context, BrainEncoder(cfg, gradients)),
-                                ("predictor", predictor, Predictor(cfg, gradients))):
-        expected = module.state_dict()
-        problems += [f"{part}: missing {k}" for k in expected if k not in state]
-        problems += [f"{part}: unexpected {k}" for k in state if k not in expected]
-        problems += [f"{part}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-                     for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    for part, state, expected in (("target_encoder", target, encoder), ("encoder", context, encoder),
+                                  ("predictor", predictor, predictor_module)):
+        mismatch = state_mismatch(expected, state)
+        problems += [f"{part}: missing {k}" for k in mismatch.missing]
+        problems += [f"{part}: unexpected {k}" for k in mismatch.unexpected]
+        problems += [f"{part}: {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+                     for k in mismatch.wrong_shape]
     if problems:
         raise CheckpointFormatError("checkpoint does not fit the inferred model: " + "; ".join(problems))
 

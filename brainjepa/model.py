@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -186,6 +187,27 @@ def _select_gradients(gradients: torch.Tensor, n_gradients: int) -> torch.Tensor
             "compute more components or lower model.n_gradients"
         )
     return gradients[:, :n_gradients]
+
+
+@dataclass
+class StateMismatch:
+    """How a state dict differs from a module's: keys missing, unexpected, and of the wrong shape."""
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.wrong_shape)
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> StateMismatch:
+    """Compare ``state`` with ``expected`` (a module's state dict; build it on the meta device, which costs
+    neither memory nor initialisation) key by key and shape by shape."""
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    want = {k: tuple(v.shape) for k, v in expected.items()}
+    return StateMismatch(sorted(set(want) - set(got)), sorted(set(got) - set(want)),
+                         sorted(k for k in set(got) & set(want) if got[k] != want[k]))
 
 
 def count_parameters(module: nn.Module) -> int:

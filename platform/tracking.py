@@ -55,7 +55,7 @@ from torch import nn
 
 import brainjepa
 from brainjepa.config import from_dict, to_dict
-from brainjepa.model import BrainEncoder, ModelConfig
+from brainjepa.model import BrainEncoder, ModelConfig, state_mismatch
 from brainjepa.monitors import LEARNING_MONITORS
 from brainjepa.preprocess import RobustStats
 
@@ -319,14 +319,12 @@ def _check_state(cfg: ModelConfig, gradients: np.ndarray | None, state: Mapping[
     """The state dict must fit ``BrainEncoder(cfg)`` (checked on the meta device: no memory, no init cost)."""
     grads = None if gradients is None or cfg.positional != "gradient" else torch.from_numpy(gradients).float()
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in BrainEncoder(cfg, grads).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+        mismatch = state_mismatch(BrainEncoder(cfg, grads).state_dict(), state)
+    if mismatch:
         raise ValueError(
             f"encoder state does not fit the model config ({cfg.size}, dim {cfg.dim}, {cfg.n_rois} ROIs, "
-            f"{cfg.frames} frames): missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+            f"{cfg.frames} frames): missing {mismatch.missing[:5]}, unexpected {mismatch.unexpected[:5]}, "
+            f"wrong shape {mismatch.wrong_shape[:5]}"
         )
 
 
