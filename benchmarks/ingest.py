@@ -24,11 +24,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainjepa_platform.extract import LabelExtractor, load_atlas, validate
-from brainjepa_platform.ingest import IngestOptions, ingest, plan_ingest
-from brainjepa_platform.shards import ScanRow, dataset_schema, phenotype_field_names, rows_to_table
+from brainjepa_platform.data.extract import LabelExtractor, load_atlas, validate
+from brainjepa_platform.data.ingestion import IngestOptions, ingest, plan_ingest
+from brainjepa_platform.data.shards import ScanRow, dataset_schema, phenotype_field_names, rows_to_table
+from brainjepa_platform.data.synth import SynthOptions, write_bids
 from brainjepa_platform.storage import resolve
-from brainjepa_platform.synth import SynthOptions, write_bids
 
 
 def worker_cost(extractor: LabelExtractor, path: Path, labels: list[str]) -> tuple[float, np.ndarray, float | None]:

@@ -27,13 +27,13 @@ import pyarrow.parquet as pq
 
 from brainjepa.config import load_config
 from brainjepa.preprocess import RobustStats, sample_window
-from brainjepa_platform.cluster import init_ray
-from brainjepa_platform.ingest import read_manifest, shard_locations
-from brainjepa_platform.pretrain import run_pretraining
-from brainjepa_platform.pretrain_config import PretrainConfig
-from brainjepa_platform.streaming import MaskingCollate, build_datasets
-from brainjepa_platform.synth import SynthOptions, write_parquet
-from brainjepa_platform.train_loop import step_keys
+from brainjepa_platform.cluster.connect import init_ray
+from brainjepa_platform.data.ingestion import read_manifest, shard_locations
+from brainjepa_platform.data.synth import SynthOptions, write_parquet
+from brainjepa_platform.tracking.pretraining import run_pretraining
+from brainjepa_platform.train.config import PretrainConfig
+from brainjepa_platform.train.loop import step_keys
+from brainjepa_platform.train.streaming import MaskingCollate, build_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 

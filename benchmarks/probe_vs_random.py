@@ -27,9 +27,9 @@ from brainjepa.monitors import attention_share
 from brainjepa.preprocess import RobustStats, robust_stats, tiling_windows
 from brainjepa.schedules import OptimConfig
 from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
-from brainjepa_platform.embed import embed_scan
-from brainjepa_platform.probe import compare_features, fc_features
-from brainjepa_platform.tracking import EncoderBundle
+from brainjepa_platform.evaluate.embed import embed_scan
+from brainjepa_platform.evaluate.probe import compare_features, fc_features
+from brainjepa_platform.tracking.registry import EncoderBundle
 
 PHENOTYPES = ("coupling", "age")
 

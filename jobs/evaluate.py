@@ -10,7 +10,7 @@ Runs inside the cluster (RAY_ADDRESS is set by the job), exactly as `brainjepa e
 
 import sys
 
-from brainjepa_platform.cli import main
+from brainjepa_platform.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -10,7 +10,7 @@ quarantined, 2 error.
 
 import sys
 
-from brainjepa_platform.cli import main
+from brainjepa_platform.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["ingest", *sys.argv[1:]]))

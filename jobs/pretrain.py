@@ -8,7 +8,7 @@ Runs inside the cluster (RAY_ADDRESS is set by the job), exactly as `brainjepa p
 
 import sys
 
-from brainjepa_platform.cli import main
+from brainjepa_platform.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["pretrain", *sys.argv[1:]]))

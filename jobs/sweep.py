@@ -11,7 +11,7 @@ same command again resumes an interrupted sweep.
 
 import sys
 
-from brainjepa_platform.cli import main
+from brainjepa_platform.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["sweep", *sys.argv[1:]]))

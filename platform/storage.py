@@ -1,6 +1,6 @@
 """Object storage: local paths, file:// and s3:// URIs through pyarrow filesystems.
 
-S3 credentials come from the standard AWS chain (:mod:`brainjepa_platform.aws_credentials`:
+S3 credentials come from the standard AWS chain (:mod:`brainjepa_platform.credentials`:
 environment, profiles, assumed roles, SSO, web identity, instance metadata), the region from
 ``AWS_REGION``/``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` name an
 S3-compatible server. Credentials are never logged or written anywhere. Writes are atomic for
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from brainjepa_platform.aws_credentials import CredentialsError, current_credentials, profile_name
+from brainjepa_platform.credentials import CredentialsError, current_credentials, profile_name
 
 T = TypeVar("T")
 

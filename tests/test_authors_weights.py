@@ -13,8 +13,8 @@ from brainjepa.authors_format import read_authors_checkpoint, read_gradient_tabl
 from brainjepa.jepa import BrainJEPA, PretrainEngine
 from brainjepa.model import ModelConfig
 from brainjepa.schedules import OptimConfig
-from brainjepa_platform.cli import main
-from brainjepa_platform.tracking import load_encoder
+from brainjepa_platform.cli.main import main
+from brainjepa_platform.tracking.registry import load_encoder
 
 DATA = Path(__file__).parent / "data" / "authors"
 CHECKPOINT, GRADIENTS = str(DATA / "authors_checkpoint.pt"), str(DATA / "gradient_mapping_20.csv")

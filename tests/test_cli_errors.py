@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainjepa_platform import cli
-from brainjepa_platform.tracking import check_tracking_uri
-from brainjepa_platform.user_errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, UserError
+from brainjepa_platform.cli import main as cli
+from brainjepa_platform.errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, UserError
+from brainjepa_platform.tracking.registry import check_tracking_uri
 
 BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_programming_errors_keep_their_traceback(bug, fc_file, tmp_path, monkeyp
     def broken(request):
         raise bug
 
-    monkeypatch.setattr("brainjepa_platform.gradients.run_gradients", broken)
+    monkeypatch.setattr("brainjepa_platform.data.gradient_artifacts.run_gradients", broken)
     with pytest.raises(type(bug)):
         cli.main(["gradients", str(fc_file), "--out", str(tmp_path / "g.npz")])
 
@@ -182,7 +182,7 @@ def test_tracking_store_in_an_unwritable_place_is_refused(tmp_path) -> None:
 def test_pretrain_with_unreachable_tracking_server_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     code = cli.main(["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
                      f"data.dataset={tmp_path / 'data'}"])
     assert code == EXIT_ERROR
@@ -195,7 +195,7 @@ def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(tmp_path, monkeypatch,
     dataset.mkdir()
     atlas = {"name": "atlas", "n_rois": 24, "roi_labels": [f"roi_{i}" for i in range(24)]}
     (dataset / "manifest.json").write_text(json.dumps({"dataset": "cohort", "atlas": atlas}))
-    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     code = cli.main(["sweep", "--config", str(REPO / "configs/sweep/gradients.yaml"), f"data.dataset={dataset}",
                      f"pretrain_config={REPO / 'configs/pretrain/tiny.yaml'}", f"storage_path={tmp_path / 'sweeps'}"])
     assert code == EXIT_ERROR

@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from brainjepa_platform.data.synth import SynthOptions, write_bids
+from brainjepa_platform.errors import DEBUG_ENV, EXIT_INTERRUPTED
 from brainjepa_platform.storage import resolve
-from brainjepa_platform.synth import SynthOptions, write_bids
-from brainjepa_platform.user_errors import DEBUG_ENV, EXIT_INTERRUPTED
 
 BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 RAY_CHATTER = ("core_worker.cc", "Token authentication", "streaming_executor", "Progress bars disabled")
@@ -92,7 +92,7 @@ def test_quieted_ray_still_raises_task_errors(ray_cluster, capfd) -> None:
     """Quieting Ray (Ray Data's console, the core worker's once-per-process line) leaves exceptions alone."""
     import ray
 
-    from brainjepa_platform.cluster import consume_actor_restart_warning, quiet_ray_data_console
+    from brainjepa_platform.cluster.connect import consume_actor_restart_warning, quiet_ray_data_console
 
     quiet_ray_data_console()
     consume_actor_restart_warning()
@@ -110,8 +110,7 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
     """Ray Train's fit(), in the main thread, replaces the SIGINT handler with one that aborts the run and
     exits 1 without a word; `brainjepa pretrain` runs it in a worker thread, so Ctrl-C stays a
     KeyboardInterrupt for the command (then one line, status 130), after Ray is stopped."""
-    from brainjepa_platform import cluster
-
+    from brainjepa_platform.cluster import connect as cluster
     started, stopped = threading.Event(), threading.Event()
     monkeypatch.setattr(cluster, "stop_ray", stopped.set)
 
@@ -135,7 +134,7 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
 WORKER_OUTPUT_SCRIPT = """
 import sys, time
 import ray
-from brainjepa_platform.cluster import init_ray
+from brainjepa_platform.cluster.connect import init_ray
 init_ray(worker_output=True)
 
 @ray.remote

@@ -11,7 +11,7 @@ import pickle
 import pyarrow.fs as pafs
 import pytest
 
-from brainjepa_platform.aws_credentials import current_credentials
+from brainjepa_platform.credentials import current_credentials
 from brainjepa_platform.storage import StorageError, ensure_bucket, read_bytes, resolve, run_filesystem, write_bytes
 
 PROFILE_KEY, PROFILE_SECRET = "AKIAPROFILEONLY00001", "profile-secret-never-logged"

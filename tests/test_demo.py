@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from brainjepa_platform.cli import main
+from brainjepa_platform.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 STEPS = ["synthesise", "ingest", "brain gradients", "pretrain", "evaluate on coupling", "pictures"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from brainjepa_platform.eval_metrics import balanced_accuracy, classification_metrics, pearson_r, regression_metrics
+from brainjepa_platform.evaluate.metrics import balanced_accuracy, classification_metrics, pearson_r, regression_metrics
 
 # binary, 8 labels: TP = 3 (rows 4, 5, 7), FN = 1 (row 6), FP = 2 (rows 2, 3), TN = 2 (rows 0, 1)
 B_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 1])

@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import RobustStats, tiling_windows
-from brainjepa_platform.cli import main
-from brainjepa_platform.embed import embed_dataset, read_embeddings
-from brainjepa_platform.evaluate import FC, MODEL, RANDOM
-from brainjepa_platform.ingest import read_manifest, shard_locations
-from brainjepa_platform.synth import SynthOptions, write_parquet
-from brainjepa_platform.tracking import ensure_experiment, load_encoder, log_encoder
+from brainjepa_platform.cli.main import main
+from brainjepa_platform.data.ingestion import read_manifest, shard_locations
+from brainjepa_platform.data.synth import SynthOptions, write_parquet
+from brainjepa_platform.evaluate.embed import embed_dataset, read_embeddings
+from brainjepa_platform.evaluate.run import FC, MODEL, RANDOM
+from brainjepa_platform.tracking.registry import ensure_experiment, load_encoder, log_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 TARGET_TR = 2.0

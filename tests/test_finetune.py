@@ -13,8 +13,7 @@ import torch
 from brainjepa.heads import FinetuneConfig
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.checkpoints import read_local_checkpoint
-from brainjepa_platform.finetune import (
+from brainjepa_platform.evaluate.finetune import (
     compare_finetune,
     epoch_batches,
     evaluate_run,
@@ -22,8 +21,9 @@ from brainjepa_platform.finetune import (
     finetune_probe,
     scan_mean,
 )
-from brainjepa_platform.probe import SplitIndices, subject_split
-from brainjepa_platform.tracking import EncoderBundle
+from brainjepa_platform.evaluate.probe import SplitIndices, subject_split
+from brainjepa_platform.tracking.registry import EncoderBundle
+from brainjepa_platform.train.checkpoints import read_local_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -30,7 +30,7 @@ from brainjepa.gradients import (
     procrustes_align,
 )
 from brainjepa.synthetic import synthetic_cohort
-from brainjepa_platform.gradients import GradientsRequest, load_fc_matrix, plan_gradients, read_roi_labels
+from brainjepa_platform.data.gradient_artifacts import GradientsRequest, load_fc_matrix, plan_gradients, read_roi_labels
 
 BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 NETWORKS7 = ["Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default"]
@@ -257,7 +257,7 @@ def test_dataset_source_is_checked_before_any_ray_work(tmp_path, monkeypatch) ->
     """`brainjepa gradients data/cohort` on 24 ROIs: the default gives 23 gradients with a note; an explicit
     --n-components 30 fails at once, naming the dataset, without starting Ray."""
     dataset = write_manifest(tmp_path / "cohort", 24)
-    monkeypatch.setattr("brainjepa_platform.cluster.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     request = GradientsRequest(source=str(dataset), out=str(tmp_path / "g.npz"), params=GradientParams(30))
     with pytest.raises(ValueError, match=r"cohort: n_components=30 must be between 1 and R-1=23"):
         plan_gradients(request)

@@ -18,7 +18,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from brainjepa_platform import cli_submit
+from brainjepa_platform.cli import submit as cli_submit
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from nilearn.maskers import NiftiLabelsMasker
 
-from brainjepa_platform.extract import CleanConfig
-from brainjepa_platform.ingest import IngestOptions, ingest, read_manifest, shard_locations
-from brainjepa_platform.sources import discover
+from brainjepa_platform.data.extract import CleanConfig
+from brainjepa_platform.data.ingestion import IngestOptions, ingest, read_manifest, shard_locations
+from brainjepa_platform.data.sources import discover
+from brainjepa_platform.data.synth import SynthOptions, write_bids
 from brainjepa_platform.storage import StorageError, resolve
-from brainjepa_platform.synth import SynthOptions, write_bids
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -261,7 +261,7 @@ def test_read_manifest_of_unfinished_dataset(tmp_path) -> None:
 
 
 def test_gzip_stream_reader_equals_nibabel(bids) -> None:
-    from brainjepa_platform.extract import LabelExtractor, load_atlas
+    from brainjepa_platform.data.extract import LabelExtractor, load_atlas
 
     atlas = load_atlas(Path(bids["atlas"]).read_bytes(), "atlas", Path(bids["labels"]).read_text())
     bold = Path(bids["source"]) / "sub-002/func/sub-002_task-rest_bold.nii.gz"
@@ -305,10 +305,9 @@ def read_rows_ids(bids: dict[str, str]) -> set[str]:
 
 def test_streamed_group_fc_and_gradients_from_dataset(bids, tmp_path) -> None:
     """Group FC streamed over the dataset equals an in-memory computation; `gradients` takes a dataset."""
-    from brainjepa.gradients import GradientArtifact, group_fc
-    from brainjepa_platform.cohort_fc import dataset_group_fc
-    from brainjepa_platform.gradients import GradientsRequest, run_gradients
-    from brainjepa_platform.pretrain import GradientParams
+    from brainjepa.gradients import GradientArtifact, GradientParams, group_fc
+    from brainjepa_platform.data.cohort_fc import dataset_group_fc
+    from brainjepa_platform.data.gradient_artifacts import GradientsRequest, run_gradients
 
     out = str(tmp_path / "ds")
     ingest(bids["source"], out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=2),

@@ -14,14 +14,14 @@ import pytest
 
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.cli import main
-from brainjepa_platform.ingest import IngestOptions, ingest, output_generation, read_manifest
-from brainjepa_platform.outputs import OutputExistsError
-from brainjepa_platform.pretrain_config import DataConfig
-from brainjepa_platform.sources import discover_inputs, entities
+from brainjepa_platform.cli.main import main
+from brainjepa_platform.data.ingestion import IngestOptions, ingest, output_generation, read_manifest
+from brainjepa_platform.data.outputs import OutputExistsError
+from brainjepa_platform.data.sources import discover_inputs, entities
+from brainjepa_platform.data.windows import StreamSpec, sample_windows
 from brainjepa_platform.storage import resolve
-from brainjepa_platform.streaming import check_dataset
-from brainjepa_platform.windows import StreamSpec, sample_windows
+from brainjepa_platform.train.config import DataConfig
+from brainjepa_platform.train.streaming import check_dataset
 
 RNG = np.random.default_rng(0)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from brainjepa.config import load_config
+from brainjepa.fingerprint import differential_identifiability
 from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
-from brainjepa.learnability import twin_cohort
+from brainjepa.learnability import token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pretraining
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig
@@ -94,6 +96,34 @@ def test_copy_objective_targets_the_normalised_patch_and_skips_the_ema() -> None
     metrics = engine.train_step([{"series": series, **masks}])
     assert all(torch.equal(a, b) for a, b in zip(before, model.target_encoder.parameters()))
     assert math.isfinite(metrics["loss"])
+
+
+def test_token_correlation_is_the_fc_of_the_tokens() -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(5, 7, 3))  # (ROIs, time, dim)
+    rows, cols = np.triu_indices(5, k=1)
+    centred = (tokens - tokens.mean(axis=1, keepdims=True)).reshape(5, -1)
+    np.testing.assert_allclose(token_correlation(tokens), np.corrcoef(centred)[rows, cols], atol=1e-12)
+    np.testing.assert_allclose(token_correlation(tokens, over_time=False),
+                               np.corrcoef(tokens.mean(axis=1))[rows, cols], atol=1e-12)
+    # one feature per token: exactly the FC of the series; a constant ROI correlates 0
+    series = rng.normal(size=(4, 50))
+    series[3] = 2.0
+    full = np.zeros((4, 4))
+    full[np.triu_indices(4, k=1)] = token_correlation(series[:, :, None])
+    upper3 = np.triu_indices(3, k=1)
+    np.testing.assert_allclose(full[:3, :3][upper3], np.corrcoef(series[:3])[upper3], atol=1e-12)
+    np.testing.assert_array_equal(full[:3, 3], 0.0)
+
+
+def test_differential_identifiability_on_a_hand_case() -> None:
+    features = np.array([[1.0, 0, 0], [0, 1, 0], [1, 0.1, 0], [0, 1, 0.1]])  # subjects 0, 1; sessions 0, 0, 1, 1
+    subject, session = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    f = features - features.mean(axis=1, keepdims=True)
+    c = np.corrcoef(f)
+    expected = (c[0, 2] + c[1, 3]) / 2 - (c[0, 3] + c[1, 2]) / 2
+    assert differential_identifiability(features, subject, session) == pytest.approx(expected)
+    assert expected > 1.0  # same subject correlates ~1, the other ~-0.5
 
 
 def test_pretext_config_is_checked() -> None:

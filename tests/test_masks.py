@@ -210,8 +210,8 @@ def test_resumed_stream_draws_the_uninterrupted_runs_masks() -> None:
     import torch
 
     from brainjepa.model import ModelConfig
-    from brainjepa_platform.streaming import MaskingCollate
-    from brainjepa_platform.train_loop import step_keys
+    from brainjepa_platform.train.loop import step_keys
+    from brainjepa_platform.train.streaming import MaskingCollate
 
     model = ModelConfig(size="tiny", n_rois=12, frames=32, patch=8)
     collate = MaskingCollate(MaskConfig(), model, seed=7, stream=1)

@@ -16,15 +16,15 @@ from mlflow.tracking import MlflowClient
 
 from brainjepa.config import load_config
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.embed import embed_dataset, read_embeddings, write_embeddings
-from brainjepa_platform.ingest import read_manifest
-from brainjepa_platform.pretrain import run_pretraining
-from brainjepa_platform.pretrain_config import PretrainConfig
-from brainjepa_platform.run_lock import LOCK_FILE, RunLock, RunLockedError
+from brainjepa_platform.data.ingestion import read_manifest
+from brainjepa_platform.data.synth import SynthOptions, write_parquet
+from brainjepa_platform.data.windows import StreamSpec, is_validation, sample_windows
+from brainjepa_platform.evaluate.embed import embed_dataset, read_embeddings, write_embeddings
 from brainjepa_platform.storage import exists, list_files, read_bytes, resolve, write_bytes
-from brainjepa_platform.synth import SynthOptions, write_parquet
-from brainjepa_platform.tracking import load_encoder
-from brainjepa_platform.windows import StreamSpec, is_validation, sample_windows
+from brainjepa_platform.tracking.pretraining import run_pretraining
+from brainjepa_platform.tracking.registry import load_encoder
+from brainjepa_platform.train.config import PretrainConfig
+from brainjepa_platform.train.run_lock import LOCK_FILE, RunLock, RunLockedError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 SECRET = "testing-secret-do-not-log"

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from brainjepa_platform.eval_metrics import CLASSIFICATION_METRICS
-from brainjepa_platform.probe import (
+from brainjepa_platform.evaluate.metrics import CLASSIFICATION_METRICS
+from brainjepa_platform.evaluate.probe import (
     ALPHA_GRID,
     C_GRID,
     compare_features,

@@ -3,7 +3,7 @@
 README.md marks its command blocks with an HTML comment on the line before the fence:
 
 * ``<!-- runnable -->``: run, in README order, in one temporary folder (a checkout's ``configs/`` linked
-  in), through ``brainjepa_platform.cli.main`` on the session's Ray cluster; each must exit 0.
+  in), through ``brainjepa_platform.cli.main.main`` on the session's Ray cluster; each must exit 0.
 * ``<!-- runnable: dry -->``: minutes of training each, so here their arguments are parsed and their
   inputs checked against the data the runnable blocks made (configs load, datasets exist, gradient
   counts fit the atlas, phenotypes exist, model names match what pretraining registers);
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from brainjepa_platform import cli
+from brainjepa_platform.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- runnable(?::\s*(dry|dry-only))? -->\n```(?:bash|sh)?\n(.*?)```", re.S)
@@ -55,8 +55,8 @@ def readme_blocks() -> list[Block]:
 # --- what a dry check looks at, per command (after its arguments parsed) ------------------------------
 def check_pretrain(args: argparse.Namespace) -> None:
     from brainjepa.config import load_config
-    from brainjepa_platform.ingest import read_manifest
-    from brainjepa_platform.pretrain_config import PretrainConfig
+    from brainjepa_platform.data.ingestion import read_manifest
+    from brainjepa_platform.train.config import PretrainConfig
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     n_rois = read_manifest(cfg.data.dataset)["atlas"]["n_rois"]
@@ -64,9 +64,9 @@ def check_pretrain(args: argparse.Namespace) -> None:
 
 
 def check_sweep(args: argparse.Namespace) -> None:
-    from brainjepa_platform.ingest import read_manifest
-    from brainjepa_platform.sweep import check_fits_dataset
-    from brainjepa_platform.sweep_config import load_sweep_config
+    from brainjepa_platform.data.ingestion import read_manifest
+    from brainjepa_platform.sweep.config import load_sweep_config
+    from brainjepa_platform.sweep.driver import check_fits_dataset
 
     cfg = load_sweep_config(args.config, args.overrides)
     base = cfg.base_pretrain()
@@ -76,8 +76,8 @@ def check_sweep(args: argparse.Namespace) -> None:
 
 def check_model_data(args: argparse.Namespace) -> None:
     """embed / evaluate: the dataset exists, has the target, and the model is the name pretraining registers."""
-    from brainjepa_platform.ingest import read_manifest
-    from brainjepa_platform.tracking import encoder_model_name
+    from brainjepa_platform.data.ingestion import read_manifest
+    from brainjepa_platform.tracking.registry import encoder_model_name
 
     manifest = read_manifest(args.data)
     if getattr(args, "target", None):

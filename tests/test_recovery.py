@@ -15,11 +15,13 @@ import torch
 
 from brainjepa.benchmark import benchmark_step
 from brainjepa.model import ModelConfig
-from brainjepa_platform.checkpoints import ENGINE_FILE, describe, newest_intact, write_checkpoint_dir
-from brainjepa_platform.run_lock import LOCK_FILE, RunLock, RunLockedError
 from brainjepa_platform.storage import resolve
-from brainjepa_platform.tracking import encoder_model_name
-from brainjepa_platform.train_loop import Progress, format_duration, step_keys
+from brainjepa_platform.tracking.registry import encoder_model_name
+from brainjepa_platform.train.checkpoints import ENGINE_FILE, describe, newest_intact, write_checkpoint_dir
+from brainjepa_platform.train.loop import Progress, format_duration, step_keys
+from brainjepa_platform.train.run_lock import LOCK_FILE, RunLock, RunLockedError
+
+LOCK_LOG = "brainjepa_platform.train.run_lock"
 
 
 # --- item 5: a torn newest checkpoint falls back to the newest intact one ---------------------------
@@ -95,7 +97,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pyte
     dead = subprocess.Popen(["true"])
     dead.wait()
     _write_lock(tmp_path / "run", pid=dead.pid)
-    with caplog.at_level(logging.WARNING, logger="brainjepa_platform.run_lock"), RunLock(resolve(tmp_path / "run"),
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"),
                                                                                          settle_s=0) as lock:
         assert lock.read().token == lock.me.token
     assert f"process {dead.pid} is no longer running" in caplog.text and "taking over" in caplog.text
@@ -104,7 +106,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pyte
 def test_lock_left_by_this_process_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A run whose store failed could not delete its lock; the next run in the same process takes it over."""
     _write_lock(tmp_path / "run")  # this pid, a token no live RunLock holds
-    with caplog.at_level(logging.WARNING, logger="brainjepa_platform.run_lock"), RunLock(resolve(tmp_path / "run"),
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"),
                                                                                          settle_s=0):
         pass
     assert "left by an earlier run in this process" in caplog.text
@@ -117,7 +119,7 @@ def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path: Path,
     with pytest.raises(RunLockedError, match="host other-host, pid 1"):
         RunLock(loc, stale_after=60).acquire()
     _write_lock(tmp_path / "run", host="other-host", pid=1, heartbeat=time.time() - 600)
-    with caplog.at_level(logging.WARNING, logger="brainjepa_platform.run_lock"), RunLock(loc, stale_after=60,
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(loc, stale_after=60,
                                                                                          settle_s=0):
         pass
     assert "no heartbeat for 600s" in caplog.text

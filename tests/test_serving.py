@@ -25,7 +25,7 @@ import brainjepa
 from brainjepa.jepa import BrainJEPA
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.tracking import ensure_experiment, load_encoder, log_encoder, training_tags
+from brainjepa_platform.tracking.registry import ensure_experiment, load_encoder, log_encoder, training_tags
 from tests.conftest import free_port
 
 ATLAS, NAME, TR, STEPS = "toy12", "served-encoder", 2.0, 4
@@ -186,9 +186,9 @@ def test_pretraining_tags_its_version_with_steps_dataset_and_final_metrics(
     from ray.train import Checkpoint
 
     from brainjepa.jepa import PretrainEngine
-    from brainjepa_platform.checkpoints import write_checkpoint_dir
-    from brainjepa_platform.pretrain import register_encoder
-    from brainjepa_platform.pretrain_config import PretrainConfig
+    from brainjepa_platform.tracking.pretraining import register_encoder
+    from brainjepa_platform.train.checkpoints import write_checkpoint_dir
+    from brainjepa_platform.train.config import PretrainConfig
 
     cfg = PretrainConfig(model=ModelConfig(size="tiny", n_rois=12, frames=32, patch=8, positional="sincos"))
     cfg.data.dataset, cfg.data.target_tr, cfg.tracking.registered_model = "file:///data/cohort", 0.8, "pretrained"

@@ -21,8 +21,8 @@ from sklearn.pipeline import Pipeline
 
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.sklearn_api import JEPAEmbedding
-from brainjepa_platform.tracking import EncoderBundle, encoder_model_name, ensure_experiment, log_encoder
+from brainjepa_platform.evaluate.sklearn_api import JEPAEmbedding
+from brainjepa_platform.tracking.registry import EncoderBundle, encoder_model_name, ensure_experiment, log_encoder
 
 ATLAS, N_ROIS, FRAMES, MODEL_TR = "toy4", 4, 16, 2.0
 DIM = 64  # the tiny preset's width

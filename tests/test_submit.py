@@ -27,9 +27,8 @@ import pytest
 from mlflow import MlflowClient
 from ray.exceptions import AuthenticationError
 
-from brainjepa_platform import cli_submit
-from brainjepa_platform.storage import resolve
-from brainjepa_platform.submit import (
+from brainjepa_platform.cli import submit as cli_submit
+from brainjepa_platform.cluster.submit import (
     JobRequest,
     connect,
     entrypoint,
@@ -39,7 +38,8 @@ from brainjepa_platform.submit import (
     stage_code,
     submit,
 )
-from brainjepa_platform.synth import SynthOptions, write_bids
+from brainjepa_platform.data.synth import SynthOptions, write_bids
+from brainjepa_platform.storage import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",

@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from brainjepa.config import ConfigError, load_config
-from brainjepa_platform import cli
-from brainjepa_platform.pretrain_config import PretrainConfig
-from brainjepa_platform.sweep import (
+from brainjepa_platform.cli import main as cli
+from brainjepa_platform.data.synth import SynthOptions, write_parquet
+from brainjepa_platform.sweep.config import load_sweep_config
+from brainjepa_platform.sweep.driver import (
     BEST_CONFIG,
     PARENT_TAG,
     TrialRow,
@@ -26,8 +27,7 @@ from brainjepa_platform.sweep import (
     run_sweep,
     search_algorithm,
 )
-from brainjepa_platform.sweep_config import load_sweep_config
-from brainjepa_platform.synth import SynthOptions, write_parquet
+from brainjepa_platform.train.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKING, GRADIENTS = ROOT / "configs" / "sweep" / "masking.yaml", ROOT / "configs" / "sweep" / "gradients.yaml"

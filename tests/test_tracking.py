@@ -17,7 +17,7 @@ from brainjepa.jepa import BrainJEPA, PretrainEngine
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
 from brainjepa.schedules import OptimConfig
-from brainjepa_platform.tracking import (
+from brainjepa_platform.tracking.registry import (
     MASK,
     default_tracking_uri,
     ensure_experiment,

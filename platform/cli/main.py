@@ -1,0 +1,332 @@
+"""The ``brainjepa`` command line: one entry point for every step of the platform."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from brainjepa_platform.errors import (
+    DEBUG_ENV,
+    EXIT_BROKEN_PIPE,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    debug_enabled,
+    user_error_message,
+)
+
+EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the traceback), 3 done with some
+inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
+141 the output pipe was closed (e.g. `| head`)."""
+
+
+def _print_table(rows: dict[str, object]) -> None:
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"  {key:<{width}}  {shown}")
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    """Draw masks, check their invariants independently and print a summary (and a picture)."""
+    import numpy as np
+
+    from brainjepa.masks import MaskCollator, MaskConfig, mask_statistics
+
+    if args.frames % args.patch:
+        raise ConfigError(f"--frames {args.frames} is not a multiple of --patch {args.patch}")
+    cfg = from_dict(MaskConfig, apply_overrides({}, args.overrides), "masks")
+    p = args.frames // args.patch
+    stats = mask_statistics(cfg, args.rois, p, args.batch, args.samples, seed=args.seed)
+    stats["config"] = to_dict(cfg)
+    if args.plot:
+        from brainjepa_platform.plots import plot_masks
+
+        masks = MaskCollator(cfg, args.rois, p, seed=args.seed).next_masks(args.batch)
+        stats["plot"] = str(plot_masks(masks, args.rois, p, args.plot))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(f"Masks on a {args.rois} ROI x {p} time-patch grid ({args.samples} samples, seed {args.seed}):")
+        _print_table({k: v for k, v in stats.items() if k != "config"})
+    ok = stats["overlap_tokens"] == 0 and stats["samples_missing_region"] == 0
+    return 0 if ok and np.isfinite(stats["context_tokens_mean"]) else 1
+
+
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    """Time full pretraining steps and report the fraction of the matmul peak reached."""
+    import torch
+
+    from brainjepa.benchmark import benchmark_step
+    from brainjepa.model import ModelConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig(
+        size=args.model, n_rois=args.rois, frames=args.frames, patch=args.patch, n_gradients=args.gradients
+    )
+    result = benchmark_step(
+        cfg, batch=args.batch, steps=args.steps, warmup=args.warmup, device=args.device, dtype=args.dtype,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(f"Pretraining step, {args.model} at {args.rois} ROIs x {args.frames} frames:")
+        _print_table(asdict(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline end to end on embedded defaults (see brainjepa_platform.cli.demo)."""
+    from brainjepa_platform.cli.demo import DemoOptions, run_demo
+    from brainjepa_platform.cluster.connect import init_ray, run_interruptible
+
+    targets = tuple(t for t in args.targets.split(",") if t)
+    init_ray()  # in the main thread; the steps run in a worker thread so that Ctrl-C reaches this command
+    demo = run_interruptible(run_demo, DemoOptions(subjects=args.subjects, minutes=args.minutes, out=args.out,
+                                                   workers=args.workers, targets=targets, seeds=args.seeds))
+    print()
+    print(demo.summary())
+    return 0
+
+
+def cmd_pretrain_local(args: argparse.Namespace) -> int:
+    """Small single-process pretraining on a synthetic cohort (no Ray); prints the loss falling."""
+    from brainjepa.config import load_config
+    from brainjepa.local import LocalPretrainConfig, run_local_pretraining
+    from brainjepa.masks import MaskCollator
+    from brainjepa_platform.plots import plot_masks, plot_training_curves
+
+    overrides = list(args.overrides)
+    if args.steps:
+        overrides.append(f"steps={args.steps}")
+    cfg = load_config(LocalPretrainConfig, args.config, overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    m = cfg.model
+    print(
+        f"Brain-JEPA demo: {m.size} model ({m.dim}/{m.depth}/{m.heads}), {cfg.subjects} synthetic subjects, "
+        f"{m.n_rois} ROIs x {m.frames} frames, {cfg.steps} optimizer steps of {cfg.batch_size} samples"
+    )
+    t0 = time.perf_counter()
+    # about ten lines, on steps that carry the learning monitors
+    every = cfg.monitor_every * max(1, cfg.steps // (10 * cfg.monitor_every)) if cfg.monitor_every > 0 else cfg.steps
+
+    def report(metrics: dict[str, float]) -> None:
+        step = int(metrics["step"])
+        if "target_rank" in metrics and (step == 1 or step % every == 0):
+            ratio, reliance = (metrics.get(k, float("nan")) for k in ("loss_over_floor", "context_reliance"))
+            print(
+                f"  step {step:4d}  loss {metrics['loss']:.4f}  loss/floor {ratio:.2f}  "
+                f"context reliance {reliance:+.4f}  target rank {metrics['target_rank']:.1f}  "
+                f"({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+
+    engine, history = run_local_pretraining(cfg, on_step=report)
+    first = sum(h["loss"] for h in history[:5]) / min(5, len(history))
+    last = sum(h["loss"] for h in history[-5:]) / min(5, len(history))
+    masks = MaskCollator(cfg.masks, m.n_rois, m.n_time_patches, seed=cfg.seed).next_masks(4)
+    pictures = [
+        plot_masks(masks, m.n_rois, m.n_time_patches, out / "masks.png"),
+        plot_training_curves(history, out / "training_curves.png"),
+    ]
+    engine.save(out / "checkpoint.pt")
+    elapsed = time.perf_counter() - t0
+    verdict = "fell" if last < first else "did NOT fall"
+    print(f"Loss {verdict} from {first:.4f} (mean of first 5 steps) to {last:.4f} (last 5) in {elapsed:.0f}s.")
+    print(f"Wrote {out / 'config.yaml'}, {out / 'checkpoint.pt'}, " + ", ".join(str(p) for p in pictures))
+    return 0 if last < first else 1
+
+
+def cmd_gradients(args: argparse.Namespace) -> int:
+    """Diffusion-map gradients of a group FC matrix, saved as a versioned artifact (and plotted)."""
+    from brainjepa.gradients import DEFAULT_COMPONENTS, GradientParams
+    from brainjepa_platform.data.gradient_artifacts import GradientsRequest, run_gradients
+
+    params = GradientParams(n_components=args.n_components or DEFAULT_COMPONENTS, kernel=args.kernel,
+                            sparsity=args.sparsity, alpha=args.alpha)
+    request = GradientsRequest(source=args.source, out=args.out, params=params, labels=args.labels,
+                               align_to=args.align_to, atlas=args.atlas, cohort=args.cohort, plot=args.plot,
+                               auto_components=args.n_components is None)
+    summary = run_gradients(request)
+    if "note" in summary:
+        print(f"Note: {summary['note']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    lam = ", ".join(f"{v:.4f}" for v in summary["eigenvalues"][:5])
+    print(f"Gradients of {summary['n_rois']} ROIs: {summary['n_components']} components ({params.kernel}, "
+          f"sparsity {params.sparsity}, alpha {params.alpha}); first eigenvalues {lam}")
+    if summary["params"]["aligned_to"]:
+        print(f"  Procrustes-aligned to {summary['params']['aligned_to']}")
+    print(f"Wrote {summary['artifact']}" + (f", {summary['plot']}" if "plot" in summary else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks of errors and Ray's own logs (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("masks", help="draw spatiotemporal masks, verify invariants, summarise (and plot)")
+    p.add_argument("--rois", type=int, default=450)
+    p.add_argument("--frames", type=int, default=160)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--plot", metavar="PNG", help="draw a few samples' masks to this file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="mask config overrides, e.g. min_context=20")
+    p.set_defaults(func=cmd_masks)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("step", help="time full pretraining steps; report samples/s and MFU")
+    p.add_argument("--model", default="small", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--rois", type=int, default=450)
+    p.add_argument("--frames", type=int, default=160)
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--gradients", type=int, default=30, help="number of gradient components m")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bf16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_bench_step)
+
+    p = sub.add_parser("demo", help="the whole pipeline end to end: synth -> ingest -> gradients -> pretrain -> "
+                                    "register -> evaluate, with pictures")
+    p.add_argument("--subjects", type=int, default=40, help="synthetic subjects (some have 2 sessions or runs)")
+    p.add_argument("--minutes", type=float, default=4.0, help="approximate pretraining budget")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    p.add_argument("--targets", default="coupling,age", help="phenotypes to evaluate, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="repeated subject-level splits per evaluation")
+    p.add_argument("--out", default="demo-output", help="folder for everything the demo makes")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("pretrain-local", help="single-process pretraining on synthetic data (no Ray), loss curve")
+    p.add_argument("--config", help="YAML config (LocalPretrainConfig); defaults are built in")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides the config)")
+    p.add_argument("--out", default="local-output", help="folder for the config, checkpoint and pictures")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
+    p.set_defaults(func=cmd_pretrain_local)
+
+    p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix or an ingested dataset "
+                                         "-> versioned artifact")
+    p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI), "
+                                                    "or an ingested dataset (path, file:// or s3://)")
+    p.add_argument("--out", required=True, metavar="PATH", help="artifact to write (.npz)")
+    p.add_argument("--n-components", type=int, help="number of gradients (default: 30, or R-1 for an atlas of "
+                                                    "R <= 30 ROIs)")
+    p.add_argument("--kernel", default="normalized_angle", choices=["normalized_angle", "cosine"])
+    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of each FC row zeroed before the kernel")
+    p.add_argument("--alpha", type=float, default=0.5, help="anisotropic diffusion parameter")
+    p.add_argument("--labels", metavar="LABELS_FILE", help="ROI labels, one per line (or a Schaefer lookup table)")
+    p.add_argument("--align-to", metavar="ARTIFACT", help="Procrustes-align to this gradient artifact")
+    p.add_argument("--atlas", default="unspecified", help="atlas name recorded in the artifact")
+    p.add_argument("--cohort", default="", help="cohort description recorded in the artifact")
+    p.add_argument("--plot", metavar="PNG", help="gradient 1 vs 2 scatter and scree plot")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_gradients)
+
+    from brainjepa_platform.cli import data, evaluate, submit, sweep, train, weights
+
+    for group in (data, train, evaluate, submit, sweep, weights):
+        group.register(sub)
+    _debug_flag_everywhere(parser)
+    return parser
+
+
+def _debug_flag_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` also after any subcommand (``brainjepa ingest ... --debug``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                if not any("--debug" in a.option_strings for a in subparser._actions):
+                    subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                           help=argparse.SUPPRESS)
+                _debug_flag_everywhere(subparser)
+
+
+# What an interrupted command leaves behind (``{name}`` are its arguments); commands that know more
+# (pretrain, sweep) set ``args.on_interrupt`` themselves once their config is read.
+ON_INTERRUPT = {
+    "ingest": "chunks finished so far are kept in {out}; the same command redoes only the rest",
+    "demo": "finished steps are recorded in {out}/demo-state.json; the same command goes on from there",
+    "synth": "{out} may be unfinished; run the same command again, with --overwrite",
+}
+NOTHING_KEPT = "its outputs are written at the end, so nothing was kept; run the same command again"
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``ingest``, ``dataset info``, ``bench step``, ``submit pretrain``, ..."""
+    sub = getattr(args, "dataset_cmd", None) or getattr(args, "bench", None) or getattr(args, "kind", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """One line: where the command stopped, what is on disk, how to go on."""
+    note = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command, NOTHING_KEPT).format(**vars(args))
+    return f"brainjepa {command_name(args)}: interrupted (Ctrl-C); {note}"
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout went away (``| head``), rather than some other pipe or socket breaking."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout
+        return True
+
+
+def _close_stdout() -> None:
+    """Send whatever is still buffered for the departed reader nowhere (no error at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 error (one line on stderr), 3 some inputs quarantined
+    (ingest), 130 interrupted, 141 output pipe closed; tracebacks only for bugs (and with --debug)."""
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # Ray workers and jobs inherit it
+    else:  # MLflow's per-artifact progress bars (several per model loaded or registered)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
+    except KeyboardInterrupt:
+        print(interrupted_message(args), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            _close_stdout()
+            return EXIT_BROKEN_PIPE
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        if debug_enabled():
+            traceback.print_exc()
+        print(f"brainjepa {command_name(args)}: error: {message}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Fine-tuning for downstream evaluation: encoder + pooled LayerNorm + linear head on Ray Train.
+
+``finetune`` trains ``FinetuneModel(copy of bundle.encoder)`` with ``FinetuneEngine`` (AdamW over
+layer-wise-decayed groups, warmup + cosine) in a ``TorchTrainer`` (DDP: gloo on CPU, nccl on GPU).
+Inputs are windows of scans: ``windows[j]`` is one robust-scaled (R, frames) model input and
+``scan_index[j]`` its scan; splits and targets are per scan. Rank 0 scores the validation scans
+after every epoch (window outputs averaged per scan) and keeps the best epoch's weights, which it
+reports as the run's checkpoint. ``finetune_probe`` then scores the test scans on the driver and
+returns a ``ProbeResult``, so fine-tuned encoders sit next to linear probes in a ``ComparisonResult``.
+
+Data reach the workers as object-store references in ``train_loop_config`` rather than as a Ray
+Dataset: the windows are already a small in-memory array, every epoch needs a fresh seeded shuffle,
+and DDP needs every rank to take exactly the same number of steps (an extra step on one rank hangs
+the all-reduce). Each worker fetches the arrays from the object store (shared memory on its node)
+and takes a ``DistributedSampler``-style slice of one shared permutation, padded to a multiple of
+the world size. Workers import this module,
+so the driver-only modules (probes and metrics: scikit-learn; tracking: MLflow) are imported inside
+the functions that use them, which keeps worker start-up light.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from brainjepa.heads import FinetuneConfig, FinetuneEngine, FinetuneModel, Task
+from brainjepa_platform.train.checkpoints import read_local_checkpoint, write_checkpoint_dir
+
+if TYPE_CHECKING:
+    from brainjepa_platform.evaluate.probe import ComparisonResult, ProbeResult, SplitIndices
+    from brainjepa_platform.tracking.registry import EncoderBundle
+
+CHECKPOINT_KIND = "finetune"
+
+
+# --- per-scan bookkeeping --------------------------------------------------------------------------
+def scan_mean(values: np.ndarray, rows: np.ndarray, n_scans: int) -> np.ndarray:
+    """Average window outputs per scan: ``values[j]`` belongs to scan ``rows[j]`` (0..n_scans-1)."""
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.zeros((n_scans, *values.shape[1:]))
+    np.add.at(sums, rows, values)
+    counts = np.bincount(rows, minlength=n_scans).reshape(-1, *([1] * (values.ndim - 1)))
+    return sums / counts
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The windows of one split part: window indices and, per window, the row of its scan in ``scans``."""
+
+    scans: np.ndarray
+    windows: np.ndarray
+    rows: np.ndarray
+
+
+def _part(scan_index: np.ndarray, scans: np.ndarray, name: str) -> _Part:
+    lookup = np.full(int(max(scan_index.max(), scans.max())) + 1, -1)
+    lookup[scans] = np.arange(scans.size)
+    windows = np.flatnonzero(lookup[scan_index] >= 0)
+    rows = lookup[scan_index[windows]]
+    missing = np.setdiff1d(np.arange(scans.size), rows)
+    if missing.size:
+        raise ValueError(f"{missing.size} {name} scans have no windows (e.g. scan {int(scans[missing[0]])}); "
+                         "every scan of the split needs at least one window")
+    return _Part(scans, windows, rows)
+
+
+def _check_inputs(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, n_scans: int) -> None:
+    cfg = bundle.config
+    if windows.ndim != 3 or windows.shape[1:] != (cfg.n_rois, cfg.frames):
+        raise ValueError(f"windows must be (n_windows, {cfg.n_rois} ROIs, {cfg.frames} frames) for this encoder, "
+                         f"got {windows.shape}")
+    if windows.shape[0] == 0 or scan_index.shape != (windows.shape[0],):
+        raise ValueError(f"need windows and one scan_index per window: {scan_index.shape} for {windows.shape[0]}")
+    if (scan_index.min() < 0 or scan_index.max() >= n_scans):
+        raise ValueError(f"scan_index values must be scan numbers 0..{n_scans - 1} (one target per scan)")
+    if not np.all(np.isfinite(windows)):
+        raise ValueError("windows contain NaN or Inf")
+
+
+def _targets(y: np.ndarray, task: str, train_scans: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(per-scan training targets: class codes or floats, sorted classes or None, number of outputs)."""
+    if task == "regression":
+        values = y.astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError("regression targets contain NaN or Inf; drop those scans first")
+        return values, None, 1
+    if task != "classification":
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    classes, codes = np.unique(y, return_inverse=True)
+    if np.unique(codes[train_scans]).size < 2:
+        raise ValueError(f"the training part holds a single class ({classes[codes[train_scans][0]]!r}); "
+                         "cannot fine-tune a classifier")
+    return codes.astype(np.int64), classes, len(classes)
+
+
+# --- validation ------------------------------------------------------------------------------------
+def window_outputs(engine: FinetuneEngine, windows: Any, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (n, k) for classification, predictions in original units (n,) for regression."""
+    if engine.task == "classification":
+        return engine.predict_proba(windows, batch_size)
+    return engine.predict(windows, batch_size)
+
+
+def val_score(task: str, scan_outputs: np.ndarray, scan_targets: np.ndarray) -> float:
+    """Balanced accuracy (classification, higher is better) or MSE (regression, lower is better)."""
+    if task == "classification":
+        from brainjepa_platform.evaluate.metrics import balanced_accuracy
+
+        return balanced_accuracy(scan_targets, scan_outputs.argmax(axis=1))
+    return float(np.mean((scan_outputs - scan_targets) ** 2))
+
+
+def _improves(task: str, score: float, best: float | None) -> bool:
+    """Strictly better than ``best`` (ties keep the earlier, shorter-trained epoch)."""
+    if best is None:
+        return True
+    return score > best if task == "classification" else score < best
+
+
+# --- the Ray Train worker --------------------------------------------------------------------------
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's batches of one epoch: a shared seeded permutation, padded to a multiple of ``world``
+    by repeating its head, dealt round-robin; every rank gets ``ceil(ceil(n / world) / batch_size)``."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    padded = np.concatenate([order, order[: (-n) % world]])
+    mine = padded[rank::world]
+    return [mine[i : i + batch_size] for i in range(0, mine.size, batch_size)]
+
+
+def _build_engine(config: dict[str, Any], world: int) -> FinetuneEngine:
+    import ray
+    import ray.train.torch
+
+    cfg: FinetuneConfig = config["cfg"]
+    torch.manual_seed(cfg.seed)
+    model = FinetuneModel(ray.get(config["encoder"]), config["n_outputs"])
+    device = ray.train.torch.get_device()
+    model.to(device)
+    module = ray.train.torch.prepare_model(model, move_to_device=False)
+    steps = cfg.total_steps(config["n_train"], world)
+    return FinetuneEngine(model, cfg, steps, config["task"], config["n_outputs"], train_module=module, device=device)
+
+
+def _train_epoch(engine: FinetuneEngine, x: torch.Tensor, t: torch.Tensor, epoch: int, rank: int, world: int) -> float:
+    """One epoch over this rank's batches; the mean training loss."""
+    batches = epoch_batches(x.shape[0], engine.cfg.batch_size, engine.cfg.seed, epoch, rank, world)
+    return float(np.mean([engine.train_step(x[b], t[b]) for b in batches]))
+
+
+def _validate(engine: FinetuneEngine, data: dict[str, np.ndarray], best: dict[str, Any], epoch: int) -> None:
+    """Rank 0: score the validation scans; keep a CPU copy of the weights when the score improves."""
+    outputs = scan_mean(window_outputs(engine, data["val_x"]), data["val_rows"], data["val_t"].shape[0])
+    score = val_score(engine.task, outputs, data["val_t"])
+    if _improves(engine.task, score, best["val_scores"].get(best["best_epoch"])):
+        best["best_epoch"] = epoch
+        best["model"] = {k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
+    best["val_scores"][epoch] = score
+
+
+def _report(engine: FinetuneEngine, metrics: dict[str, float], best: dict[str, Any] | None) -> None:
+    """Every rank reports once; rank 0 (``best`` given) attaches the best epoch's weights as the checkpoint."""
+    import ray.train
+
+    if best is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    state = {**best, "step": engine.step, "task": engine.task, "target_mean": engine.target_mean.clone(),
+             "target_std": engine.target_std.clone()}
+    metrics = {**metrics, "best_epoch": best["best_epoch"], "best_val_score": best["val_scores"][best["best_epoch"]]}
+    with tempfile.TemporaryDirectory(prefix="brainjepa-finetune-") as tmp:
+        write_checkpoint_dir(Path(tmp), state, {"kind": CHECKPOINT_KIND, **metrics})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: fine-tune for ``cfg.epochs``, rank 0 scoring every epoch and keeping the best.
+
+    One report at the end (the validation history travels in the checkpoint), so ranks synchronise
+    only through DDP's all-reduce while training.
+    """
+    import ray
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = {k: np.array(v) for k, v in ray.get(config["data"]).items()}  # writable copies of the store's views
+    engine = _build_engine(config, world)
+    if engine.task == "regression":
+        engine.set_target_scaling(data["train_t"])
+    x, t = torch.tensor(data["train_x"]), torch.tensor(data["train_t"])
+    best: dict[str, Any] = {"best_epoch": 0, "val_scores": {}, "model": None}
+    for epoch in range(1, engine.cfg.epochs + 1):
+        loss = _train_epoch(engine, x, t, epoch, rank, world)
+        if rank == 0:
+            _validate(engine, data, best, epoch)
+    _report(engine, {"epochs": engine.cfg.epochs, "train_loss": loss}, best if rank == 0 else None)
+
+
+# --- the driver ------------------------------------------------------------------------------------
+@dataclass
+class FinetuneRun:
+    """The best-epoch model of a fine-tuning run, an engine to predict with it, and its validation history."""
+
+    model: FinetuneModel
+    engine: FinetuneEngine
+    task: Task
+    classes: np.ndarray | None
+    best_epoch: int
+    val_scores: dict[int, float]
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    """The checkpoint's path in the storage filesystem; None when the run used a temporary storage path."""
+
+
+def _trainer(config: dict[str, Any], num_workers: int, use_gpu: bool, storage_path: str, name: str) -> Any:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from brainjepa_platform.storage import resolve, run_filesystem
+
+    root = resolve(storage_path)
+    run_config = ray.train.RunConfig(name=name, storage_path=root.path, storage_filesystem=run_filesystem(root),
+                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
+    return TorchTrainer(train_loop_per_worker, train_loop_config=config, run_config=run_config,
+                        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
+
+
+def _load_run(bundle: EncoderBundle, state: dict[str, Any], cfg: FinetuneConfig, task: Task,
+              n_outputs: int) -> tuple[FinetuneModel, FinetuneEngine]:
+    """The best-epoch weights in a CPU model, with an engine (target scaling restored) to predict."""
+    model = FinetuneModel(copy.deepcopy(bundle.encoder).cpu(), n_outputs)
+    model.load_state_dict(state["model"])
+    engine = FinetuneEngine(model, cfg, max(1, int(state["step"])), task, n_outputs)
+    engine.target_mean, engine.target_std = state["target_mean"].clone(), state["target_std"].clone()
+    return model.eval(), engine
+
+
+def finetune(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, y: Any, task: Task,
+             split: SplitIndices, cfg: FinetuneConfig, *, seed: int = 0, num_workers: int = 1, use_gpu: bool = False,
+             storage_path: str | None = None, name: str | None = None) -> FinetuneRun:
+    """Fine-tune a copy of ``bundle.encoder`` on the training scans' windows; keep the best validation epoch.
+
+    ``seed`` replaces ``cfg.seed`` (head initialisation and data order). ``storage_path`` (local or
+    s3://; shared storage on a multi-node cluster) keeps the run; None uses a temporary local folder.
+    """
+    import ray
+
+    from brainjepa_platform.cluster.connect import init_ray
+
+    windows, scan_index, y = np.asarray(windows, np.float32), np.asarray(scan_index, np.int64), np.asarray(y)
+    _check_inputs(bundle, windows, scan_index, y.shape[0])
+    targets, classes, n_outputs = _targets(y, task, split.train)
+    train, val, _ = (_part(scan_index, scans, part) for part, scans in split.parts().items())
+    cfg = dataclasses.replace(cfg, seed=seed)
+    init_ray()
+    data = {"train_x": windows[train.windows], "train_t": targets[scan_index[train.windows]],
+            "val_x": windows[val.windows], "val_rows": val.rows, "val_t": targets[val.scans]}
+    config = {"cfg": cfg, "task": task, "n_outputs": n_outputs, "n_train": int(train.windows.size),
+              "data": ray.put(data), "encoder": ray.put(copy.deepcopy(bundle.encoder).cpu())}
+    name = name or f"finetune-{task}-s{seed}-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="brainjepa-finetune-") if storage_path is None else nullcontext() as tmp:
+        result = _trainer(config, num_workers, use_gpu, storage_path or tmp, name).fit()
+        if result.error is not None:
+            raise result.error
+        if result.checkpoint is None:
+            raise RuntimeError(f"fine-tuning run {name} finished without a checkpoint")
+        with result.checkpoint.as_directory() as d:
+            state = read_local_checkpoint(Path(d))
+    model, engine = _load_run(bundle, state, cfg, task, n_outputs)
+    return FinetuneRun(model, engine, task, classes, int(state["best_epoch"]), dict(state["val_scores"]),
+                       dict(result.metrics), None if storage_path is None else result.checkpoint.path)
+
+
+def evaluate_run(run: FinetuneRun, windows: np.ndarray, scan_index: np.ndarray, y: Any,
+                 split: SplitIndices) -> ProbeResult:
+    """Test metrics of a fine-tuned model: window outputs averaged per test scan, scored with eval_metrics."""
+    from brainjepa_platform.evaluate.metrics import classification_metrics, regression_metrics
+    from brainjepa_platform.evaluate.probe import ProbeResult
+
+    y, scan_index = np.asarray(y), np.asarray(scan_index, dtype=np.int64)
+    test = _part(scan_index, split.test, "test")
+    outputs = scan_mean(window_outputs(run.engine, np.asarray(windows, np.float32)[test.windows]), test.rows,
+                        test.scans.size)
+    y_true = y[test.scans]
+    if run.task == "classification":
+        y_pred = run.classes[outputs.argmax(axis=1)]
+        metrics = classification_metrics(y_true, y_pred, outputs, classes=run.classes)
+        return ProbeResult("classification", metrics, "epochs", run.best_epoch, run.val_scores, y_true, y_pred,
+                           outputs, run.classes, split.sizes())
+    y_true = y_true.astype(np.float64)
+    return ProbeResult("regression", regression_metrics(y_true, outputs), "epochs", run.best_epoch, run.val_scores,
+                       y_true, outputs, sizes=split.sizes())
+
+
+def finetune_probe(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, y: Any, task: Task,
+                   split: SplitIndices, cfg: FinetuneConfig, *, seed: int = 0, num_workers: int = 1,
+                   use_gpu: bool = False, storage_path: str | None = None) -> ProbeResult:
+    """Fine-tune (see :func:`finetune`) and score the test scans; ``param_value`` is the best epoch."""
+    run = finetune(bundle, windows, scan_index, y, task, split, cfg, seed=seed, num_workers=num_workers,
+                   use_gpu=use_gpu, storage_path=storage_path)
+    return evaluate_run(run, windows, scan_index, y, split)
+
+
+def compare_finetune(bundles: Mapping[str, EncoderBundle], windows: np.ndarray, scan_index: np.ndarray,
+                     subjects: Sequence[str], y: Any, task: Task, seeds: Sequence[int],
+                     fractions: Sequence[float] = (0.6, 0.2, 0.2), cfg: FinetuneConfig | None = None,
+                     split_column: Sequence[str] | None = None, **kw: Any) -> ComparisonResult:
+    """Per seed one subject split (as ``compare_features`` makes it), every bundle fine-tuned on it.
+
+    ``kw`` goes to :func:`finetune_probe` (``num_workers``, ``use_gpu``, ``storage_path``).
+    """
+    from brainjepa_platform.evaluate.probe import ComparisonResult, subject_split
+
+    if not bundles or not seeds:
+        raise ValueError("compare_finetune needs at least one bundle and one seed")
+    y = np.asarray(y)
+    if len(subjects) != y.shape[0]:
+        raise ValueError(f"{len(subjects)} subjects for {y.shape[0]} targets: give one subject per scan")
+    cfg = cfg or FinetuneConfig()
+    labels = y if task == "classification" else None
+    results: dict[str, list[ProbeResult]] = {name: [] for name in bundles}
+    for seed in seeds:
+        split = subject_split(subjects, seed, fractions, split_column, labels=labels)
+        for name, bundle in bundles.items():
+            results[name].append(finetune_probe(bundle, windows, scan_index, y, task, split, cfg, seed=seed, **kw))
+    return ComparisonResult(task, [int(s) for s in seeds], tuple(float(f) for f in fractions), results)
+
+
+__all__ = ["FinetuneRun", "compare_finetune", "epoch_batches", "evaluate_run", "finetune", "finetune_probe",
+           "scan_mean", "train_loop_per_worker", "val_score", "window_outputs"]

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over pretraining settings: the sweep config, the search, trials and results."""
