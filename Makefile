@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test test-fast lint typecheck typecheck-baseline demo bench clean
 
 setup: $(STAMP)
 
@@ -23,9 +23,24 @@ $(STAMP): pyproject.toml Makefile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+# mypy over brainjepa and brainjepa_platform (linked under its import name), new errors only (mypy-baseline.txt)
+typecheck: $(STAMP)
+	mkdir -p .typecheck && ln -sfn ../platform .typecheck/brainjepa_platform
+	$(BIN)/mypy -p brainjepa -p brainjepa_platform | $(BIN)/mypy-baseline filter
+
+typecheck-baseline: $(STAMP)
+	mkdir -p .typecheck && ln -sfn ../platform .typecheck/brainjepa_platform
+	$(BIN)/mypy -p brainjepa -p brainjepa_platform | $(BIN)/mypy-baseline sync
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# day-to-day tier (< 3 min on 2 cores): no Ray, subprocess CLIs, servers or pretraining runs; `make test` runs all
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 demo: $(STAMP)
 	$(BIN)/brainjepa demo
@@ -34,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/brainjepa bench step --model small --rois 450 --frames 160 --batch 2 --steps 3
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache .typecheck *.egg-info

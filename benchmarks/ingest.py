@@ -86,25 +86,39 @@ def main() -> None:
             floor.append(floor_cost(f))
             ours.append(worker_cost(extractor, f, atlas.labels)[0])
         mb = np.mean([f.stat().st_size for f in files]) / 2**20
-        print(f"per scan ({mb:.1f} MB gz): ours {np.median(ours) * 1e3:.0f} ms, floor (nibabel load+decompress) "
-              f"{np.median(floor) * 1e3:.0f} ms, ratio {np.median(ours) / np.median(floor):.2f}")
+        print(
+            f"per scan ({mb:.1f} MB gz): ours {np.median(ours) * 1e3:.0f} ms, floor (nibabel load+decompress) "
+            f"{np.median(floor) * 1e3:.0f} ms, ratio {np.median(ours) / np.median(floor):.2f}"
+        )
 
         mem = []
         for n in (args.subjects, len(files)):
-            out = subprocess.run([sys.executable, __file__, "--child", paths["source"], paths["atlas"], paths["labels"],
-                                  str(n)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", paths["source"], paths["atlas"], paths["labels"], str(n)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             mem.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"peak RSS: {mem[0]['scans']} scans {mem[0]['peak_rss_mb']:.0f} MB, {mem[1]['scans']} scans "
-              f"{mem[1]['peak_rss_mb']:.0f} MB (ratio {mem[1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f})")
+        print(
+            f"peak RSS: {mem[0]['scans']} scans {mem[0]['peak_rss_mb']:.0f} MB, {mem[1]['scans']} scans "
+            f"{mem[1]['peak_rss_mb']:.0f} MB (ratio {mem[1]['peak_rss_mb'] / mem[0]['peak_rss_mb']:.2f})"
+        )
 
         t0 = time.perf_counter()
-        result = ingest(paths["source"], str(Path(tmp) / "ds"), IngestOptions(atlas=paths["atlas"],
-                                                                               labels=paths["labels"]), progress=False)
+        result = ingest(
+            paths["source"],
+            str(Path(tmp) / "ds"),
+            IngestOptions(atlas=paths["atlas"], labels=paths["labels"]),
+            progress=False,
+        )
         wall = time.perf_counter() - t0
         total_mb = sum(f.stat().st_size for f in files) / 2**20
-        n = result.manifest["counts"]["scans"]
-        print(f"end to end on local Ray (incl. start-up): {n} scans in {wall:.1f}s = {n / wall:.2f} scans/s, "
-              f"{total_mb / wall:.1f} MB/s")
+        n = result.manifest.counts.scans
+        print(
+            f"end to end on local Ray (incl. start-up): {n} scans in {wall:.1f}s = {n / wall:.2f} scans/s, "
+            f"{total_mb / wall:.1f} MB/s"
+        )
 
 
 if __name__ == "__main__":

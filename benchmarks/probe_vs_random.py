@@ -29,7 +29,7 @@ from brainjepa.schedules import OptimConfig
 from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
 from brainjepa_platform.evaluate.embed import embed_scan
 from brainjepa_platform.evaluate.probe import compare_features, fc_features
-from brainjepa_platform.tracking.registry import EncoderBundle
+from brainjepa_platform.tracking.bundle import EncoderBundle
 
 PHENOTYPES = ("coupling", "age")
 
@@ -37,12 +37,22 @@ PHENOTYPES = ("coupling", "age")
 def pooled_features(encoder: BrainEncoder, cohort: SyntheticCohort, stats: RobustStats, target_tr: float) -> np.ndarray:
     """(n_scans, D): each scan through ``brainjepa embed``'s own per-scan path (tiling windows, mean pool)."""
     cfg = encoder.cfg
-    bundle = EncoderBundle(encoder.eval(), cfg, stats, [f"roi-{i}" for i in range(cfg.n_rois)], "synthetic",
-                           encoder.pos_embed.gradients.cpu().numpy() if cfg.positional == "gradient" else
-                           np.zeros((cfg.n_rois, 0)), target_tr)
+    bundle = EncoderBundle(
+        encoder.eval(),
+        cfg,
+        stats,
+        [f"roi-{i}" for i in range(cfg.n_rois)],
+        "synthetic",
+        encoder.pos_embed.gradients.cpu().numpy() if cfg.positional == "gradient" else np.zeros((cfg.n_rois, 0)),
+        target_tr,
+    )
     with torch.no_grad():
-        return np.stack([embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64)[0]
-                         for series, tr in zip(cohort.series, cohort.tr)])
+        return np.stack(
+            [
+                embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64)[0]
+                for series, tr in zip(cohort.series, cohort.tr)
+            ]
+        )
 
 
 def same_network_and_time(cohort: SyntheticCohort, n_time_patches: int) -> torch.Tensor:
@@ -73,25 +83,38 @@ class Evaluation:
         }
         self.subjects = [f"sub-{i:04d}" for i in range(len(cohort.series))]
         # attention is read on each scan's first window, against same-network same-time tokens
-        self.windows = torch.from_numpy(np.stack([self.stats.scale(tiling_windows(s, tr, target_tr, model.frames)[0])
-                                                  for s, tr in zip(cohort.series, cohort.tr)])).float()
+        self.windows = torch.from_numpy(
+            np.stack(
+                [
+                    self.stats.scale(tiling_windows(s, tr, target_tr, model.frames)[0])
+                    for s, tr in zip(cohort.series, cohort.tr)
+                ]
+            )
+        ).float()
         self.related = same_network_and_time(cohort, model.n_time_patches)
         self.random_locality = attention_locality(self.random_encoder, self.windows, self.related)
         self.chance = float(self.related.float().mean())
 
     def report(self, encoder: BrainEncoder, metrics: dict[str, float]) -> None:
         """Print the step's monitors, attention locality and the probe table for ``encoder``."""
-        print(f"step {int(metrics['step'])}: loss {metrics['loss']:.3f}, target std {metrics['target_std']:.3f}, "
-              f"effective rank {metrics['target_rank']:.1f}")
-        print(f"  same-network same-time attention per block: model "
-              f"{attention_locality(encoder, self.windows, self.related)} | random {self.random_locality} | "
-              f"chance {self.chance:.3f}")
+        print(
+            f"step {int(metrics['step'])}: loss {metrics['loss']:.3f}, target std {metrics['target_std']:.3f}, "
+            f"effective rank {metrics['target_rank']:.1f}"
+        )
+        print(
+            f"  same-network same-time attention per block: model "
+            f"{attention_locality(encoder, self.windows, self.related)} | random {self.random_locality} | "
+            f"chance {self.chance:.3f}"
+        )
         features = {"brain-jepa": pooled_features(encoder, self.cohort, self.stats, self.target_tr), **self.fixed}
         for phenotype in PHENOTYPES:
-            result = compare_features(features, self.subjects, self.cohort.phenotypes[phenotype], "regression",
-                                      seeds=self.seeds)
-            cells = [f"{name} {mean:+.2f} +- {std:.2f}" for name, (mean, std) in
-                     ((n, result.summary()[n]["pearson_r"]) for n in result.names)]
+            result = compare_features(
+                features, self.subjects, self.cohort.phenotypes[phenotype], "regression", seeds=self.seeds
+            )
+            cells = [
+                f"{name} {mean:+.2f} +- {std:.2f}"
+                for name, (mean, std) in ((n, result.summary()[n]["pearson_r"]) for n in result.names)
+            ]
             print(f"  {phenotype:>8}: test Pearson r  " + " | ".join(cells), flush=True)
 
 
@@ -114,13 +137,22 @@ def main() -> None:
     args = parser.parse_args()
 
     target_tr = 2.0
-    cohort = synthetic_cohort(args.subjects, args.rois, n_frames=(100, 140), tr=(0.8, 1.0, 2.0),
-                              noise=args.noise, seed=args.seed)
+    cohort = synthetic_cohort(
+        args.subjects, args.rois, n_frames=(100, 140), tr=(0.8, 1.0, 2.0), noise=args.noise, seed=args.seed
+    )
     model = ModelConfig(size=args.size, n_rois=args.rois, frames=args.frames, patch=8, n_gradients=8)
     optim = OptimConfig(lr=args.lr, start_lr=args.lr / 10, warmup_fraction=0.1, ema_start=args.ema)
-    cfg = LocalPretrainConfig(model=model, optim=optim, steps=args.steps, batch_size=args.batch_size,
-                              subjects=args.subjects, target_tr=target_tr, seed=args.seed, device=args.device,
-                              dtype=args.dtype)
+    cfg = LocalPretrainConfig(
+        model=model,
+        optim=optim,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        subjects=args.subjects,
+        target_tr=target_tr,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
     evaluation = Evaluation(cohort, model, target_tr, args.seed, args.seeds)
     checkpoints = {int(s) for s in args.checkpoints.split(",") if s} | {args.steps}
     for engine, metrics in local_pretraining(cfg, cohort):

@@ -62,8 +62,12 @@ def main() -> None:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}",
-                          AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+        os.environ.update(
+            AWS_ENDPOINT_URL=f"http://{host}:{port}",
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_REGION="us-east-1",
+        )
     import s3fs
 
     from brainjepa_platform.storage import ensure_bucket, resolve, s3_endpoint
@@ -79,8 +83,10 @@ def main() -> None:
         for name, fs in clients.items():
             seconds[name].append(read_all(paths, fs))
     rates = {name: total_mb / float(np.median(s)) for name, s in seconds.items()}
-    print(f"{args.shards} shards, {total_mb:.0f} MB, {args.repeats} alternated repeats, medians "
-          f"({'moto on loopback' if server else os.environ['AWS_ENDPOINT_URL']}):")
+    print(
+        f"{args.shards} shards, {total_mb:.0f} MB, {args.repeats} alternated repeats, medians "
+        f"({'moto on loopback' if server else os.environ['AWS_ENDPOINT_URL']}):"
+    )
     for name, rate in rates.items():
         print(f"  {name:8s} {rate:7.1f} MB/s")
     print(f"  pyarrow / s3fs: {rates['pyarrow'] / rates['s3fs']:.2f}x")

@@ -76,13 +76,14 @@ def strip_ddp(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _rename(state: Mapping[str, torch.Tensor], renames: tuple[tuple[str, str], ...], part: str,
-            skip: str) -> dict[str, torch.Tensor]:
+def _rename(
+    state: Mapping[str, torch.Tensor], renames: tuple[tuple[str, str], ...], part: str, skip: str
+) -> dict[str, torch.Tensor]:
     out, unmapped = {}, []
     for key, value in state.items():
         if key == skip:
             continue
-        new = next((ours + key[len(theirs):] for theirs, ours in renames if key.startswith(theirs)), None)
+        new = next((ours + key[len(theirs) :] for theirs, ours in renames if key.startswith(theirs)), None)
         if new is None:
             unmapped.append(key)
         else:
@@ -103,8 +104,9 @@ def _require(state: Mapping[str, torch.Tensor], key: str, part: str) -> torch.Te
     return state[key]
 
 
-def infer_config(encoder: Mapping[str, torch.Tensor], predictor: Mapping[str, torch.Tensor],
-                 gradients: torch.Tensor, heads: int = 0) -> ModelConfig:
+def infer_config(
+    encoder: Mapping[str, torch.Tensor], predictor: Mapping[str, torch.Tensor], gradients: torch.Tensor, heads: int = 0
+) -> ModelConfig:
     """The architecture of their (DDP-stripped) encoder and predictor state dicts."""
     patch_weight = _require(encoder, "patch_embed.proj.weight", "encoder")
     if patch_weight.ndim != 4 or patch_weight.shape[1:3] != (1, 1):
@@ -131,9 +133,17 @@ def infer_config(encoder: Mapping[str, torch.Tensor], predictor: Mapping[str, to
     pred_dim = _require(predictor, "predictor_embed.weight", "predictor").shape[0]
     size = next((name for name, preset in PRESETS.items() if preset[0] == dim), "small")
     return ModelConfig(
-        size=size, n_rois=n_rois, frames=time_code.shape[0] // n_rois * patch, patch=patch, positional="gradient",
-        n_gradients=n_gradients, dim=dim, depth=_depth(encoder, "blocks."),
-        heads=heads, predictor_dim=pred_dim, predictor_depth=_depth(predictor, "predictor_blocks."),
+        size=size,
+        n_rois=n_rois,
+        frames=time_code.shape[0] // n_rois * patch,
+        patch=patch,
+        positional="gradient",
+        n_gradients=n_gradients,
+        dim=dim,
+        depth=_depth(encoder, "blocks."),
+        heads=heads,
+        predictor_dim=pred_dim,
+        predictor_depth=_depth(predictor, "predictor_blocks."),
         predictor_heads=heads,
     )
 
@@ -143,44 +153,58 @@ def _check_time_code(state: Mapping[str, torch.Tensor], part: str, cfg: ModelCon
     ours = _time_code(cfg, width)
     theirs = state[_TIME_CODES[part]].float()
     if theirs.shape != ours.shape or not torch.allclose(theirs, ours, atol=1e-5):
-        raise CheckpointFormatError(f"{part}: {_TIME_CODES[part]} is not the sin-cos time code of a "
-                                    f"{cfg.n_rois} ROI x {cfg.n_time_patches} time-patch grid")
+        raise CheckpointFormatError(
+            f"{part}: {_TIME_CODES[part]} is not the sin-cos time code of a "
+            f"{cfg.n_rois} ROI x {cfg.n_time_patches} time-patch grid"
+        )
 
 
 def _time_code(cfg: ModelConfig, width: int) -> torch.Tensor:
     return sincos_1d(width // 2, torch.arange(cfg.n_time_patches).repeat(cfg.n_rois))
 
 
-def encoder_from_authors(state: Mapping[str, torch.Tensor], cfg: ModelConfig, gradients: torch.Tensor,
-                         part: str = "encoder") -> dict[str, torch.Tensor]:
+def encoder_from_authors(
+    state: Mapping[str, torch.Tensor], cfg: ModelConfig, gradients: torch.Tensor, part: str = "encoder"
+) -> dict[str, torch.Tensor]:
     """Their encoder state dict (DDP-stripped) -> a ``BrainEncoder`` state dict."""
     _check_time_code(state, "encoder", cfg, cfg.dim)
-    out = _rename({k: v for k, v in state.items() if not k.startswith("patch_embed.")}, _ENCODER_RENAMES, part,
-                  skip=_TIME_CODES["encoder"])
+    out = _rename(
+        {k: v for k, v in state.items() if not k.startswith("patch_embed.")},
+        _ENCODER_RENAMES,
+        part,
+        skip=_TIME_CODES["encoder"],
+    )
     out["patch_embed.weight"] = state["patch_embed.proj.weight"].reshape(cfg.dim, cfg.patch)
     out["patch_embed.bias"] = _require(state, "patch_embed.proj.bias", part)
     out["pos_embed.gradients"] = gradients.float()
     return out
 
 
-def predictor_from_authors(state: Mapping[str, torch.Tensor], cfg: ModelConfig,
-                           gradients: torch.Tensor) -> dict[str, torch.Tensor]:
+def predictor_from_authors(
+    state: Mapping[str, torch.Tensor], cfg: ModelConfig, gradients: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Their predictor state dict (DDP-stripped) -> a ``Predictor`` state dict."""
     _check_time_code(state, "predictor", cfg, cfg.predictor_dim)
-    out = _rename({k: v for k, v in state.items() if k != "mask_token"}, _PREDICTOR_RENAMES, "predictor",
-                  skip=_TIME_CODES["predictor"])
+    out = _rename(
+        {k: v for k, v in state.items() if k != "mask_token"},
+        _PREDICTOR_RENAMES,
+        "predictor",
+        skip=_TIME_CODES["predictor"],
+    )
     out["mask_token"] = _require(state, "mask_token", "predictor").reshape(cfg.predictor_dim)
     out["pos_embed.gradients"] = gradients.float()
     return out
 
 
-def read_authors_checkpoint(checkpoint: Mapping[str, Any], gradients: torch.Tensor, which: str = "target",
-                            heads: int = 0) -> ImportedWeights:
+def read_authors_checkpoint(
+    checkpoint: Mapping[str, Any], gradients: torch.Tensor, which: str = "target", heads: int = 0
+) -> ImportedWeights:
     """Map a loaded authors' checkpoint onto this project's modules, checking every key and shape."""
     missing = [k for k in STATE_KEYS if k not in checkpoint]
     if missing:
-        raise CheckpointFormatError(f"not a Brain-JEPA checkpoint of the authors' code: no {missing} "
-                                    f"(found {sorted(checkpoint)})")
+        raise CheckpointFormatError(
+            f"not a Brain-JEPA checkpoint of the authors' code: no {missing} (found {sorted(checkpoint)})"
+        )
     if which not in ("target", "context"):
         raise ValueError(f"which={which!r}: expected 'target' or 'context'")
     states = {k: strip_ddp(checkpoint[k]) for k in STATE_KEYS}
@@ -190,24 +214,40 @@ def read_authors_checkpoint(checkpoint: Mapping[str, Any], gradients: torch.Tens
     predictor = predictor_from_authors(states["predictor"], cfg, gradients)
     _check_loadable(cfg, gradients, target, context, predictor)
     loss = checkpoint.get("loss")
-    return ImportedWeights(cfg, target if which == "target" else context, context, predictor,
-                           int(checkpoint.get("epoch") or 0), None if loss is None else float(loss))
+    return ImportedWeights(
+        cfg,
+        target if which == "target" else context,
+        context,
+        predictor,
+        int(checkpoint.get("epoch") or 0),
+        None if loss is None else float(loss),
+    )
 
 
-def _check_loadable(cfg: ModelConfig, gradients: torch.Tensor, target: dict[str, torch.Tensor],
-                    context: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor]) -> None:
+def _check_loadable(
+    cfg: ModelConfig,
+    gradients: torch.Tensor,
+    target: dict[str, torch.Tensor],
+    context: dict[str, torch.Tensor],
+    predictor: dict[str, torch.Tensor],
+) -> None:
     """Strict key and shape check against the modules (built on the meta device: no memory, no
     initialisation), one error naming every problem."""
     with torch.device("meta"):
         encoder, predictor_module = BrainEncoder(cfg, gradients).state_dict(), Predictor(cfg, gradients).state_dict()
     problems = []
-    for part, state, expected in (("target_encoder", target, encoder), ("encoder", context, encoder),
-                                  ("predictor", predictor, predictor_module)):
+    for part, state, expected in (
+        ("target_encoder", target, encoder),
+        ("encoder", context, encoder),
+        ("predictor", predictor, predictor_module),
+    ):
         mismatch = state_mismatch(expected, state)
         problems += [f"{part}: missing {k}" for k in mismatch.missing]
         problems += [f"{part}: unexpected {k}" for k in mismatch.unexpected]
-        problems += [f"{part}: {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
-                     for k in mismatch.wrong_shape]
+        problems += [
+            f"{part}: {k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+            for k in mismatch.wrong_shape
+        ]
     if problems:
         raise CheckpointFormatError("checkpoint does not fit the inferred model: " + "; ".join(problems))
 
@@ -235,10 +275,14 @@ def predictor_to_authors(state: Mapping[str, torch.Tensor], cfg: ModelConfig) ->
     return out
 
 
-def write_authors_checkpoint(cfg: ModelConfig, target: Mapping[str, torch.Tensor],
-                             context: Mapping[str, torch.Tensor] | None = None,
-                             predictor: Mapping[str, torch.Tensor] | None = None,
-                             epoch: int = 0, loss: float | None = None) -> dict[str, Any]:
+def write_authors_checkpoint(
+    cfg: ModelConfig,
+    target: Mapping[str, torch.Tensor],
+    context: Mapping[str, torch.Tensor] | None = None,
+    predictor: Mapping[str, torch.Tensor] | None = None,
+    epoch: int = 0,
+    loss: float | None = None,
+) -> dict[str, Any]:
     """Their ``save_checkpoint`` dict, as their DDP training writes it (``module.`` prefixes), so their
     downstream scripts (which read ``target_encoder``) and ``load_checkpoint`` read it.
 
@@ -246,8 +290,9 @@ def write_authors_checkpoint(cfg: ModelConfig, target: Mapping[str, torch.Tensor
     left out (a registered model holds the target encoder only), so their training resume cannot use
     the file. There is never optimizer state (``opt`` is None)."""
     if cfg.positional != "gradient":
-        raise ValueError("the authors' format has gradient positioning only; this model uses "
-                         f"positional={cfg.positional!r}")
+        raise ValueError(
+            f"the authors' format has gradient positioning only; this model uses positional={cfg.positional!r}"
+        )
 
     def ddp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {f"module.{k}": v.detach().clone().contiguous() for k, v in state.items()}
@@ -268,6 +313,7 @@ def read_gradient_table(text: str) -> torch.Tensor:
     try:
         table = np.loadtxt(io.StringIO(text), delimiter=",", ndmin=2)
     except ValueError as exc:
-        raise CheckpointFormatError(f"gradient table: expected R rows x m comma-separated numbers, no header "
-                                    f"({exc})") from exc
+        raise CheckpointFormatError(
+            f"gradient table: expected R rows x m comma-separated numbers, no header ({exc})"
+        ) from exc
     return torch.from_numpy(table).float()

@@ -84,13 +84,19 @@ def benchmark_step(
     model = BrainJEPA(model_cfg, gradients if model_cfg.positional == "gradient" else None)
     engine = PretrainEngine(model, OptimConfig(), total_steps=1000, device=device, dtype=dtype, monitor_every=0)
     collator = MaskCollator(masks or MaskConfig(), model_cfg.n_rois, model_cfg.n_time_patches, seed=seed)
-    series = torch.from_numpy(
-        rng.standard_normal((batch, model_cfg.n_rois, model_cfg.frames)).astype(np.float32)
-    ).to(device)
+    series = torch.from_numpy(rng.standard_normal((batch, model_cfg.n_rois, model_cfg.frames)).astype(np.float32)).to(
+        device
+    )
     dev = torch.device(device)
 
-    bar = tqdm(total=warmup + steps, desc=f"bench step {model_cfg.size}", unit="step", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=warmup + steps,
+        desc=f"bench step {model_cfg.size}",
+        unit="step",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def one_step() -> tuple[float, float, int, int]:
         m = collator.next_masks(batch)

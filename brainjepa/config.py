@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,8 +100,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; "
-            f"{cls.__name__} takes {sorted(types_by_name)}"
+            f"unknown config key(s) {sorted(prefix + k for k in unknown)}; {cls.__name__} takes {sorted(types_by_name)}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"missing config key(s) {[prefix + k for k in missing]}: {cls.__name__} has no default for them"
         )
     section_defaults = {f.name: f.metadata.get(SECTION_DEFAULTS) for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -122,17 +135,18 @@ def section(cls: type[T], **defaults: Any) -> Any:
     return dataclasses.field(default_factory=lambda: cls(**defaults), metadata={SECTION_DEFAULTS: defaults})
 
 
+def _plain(v: Any) -> Any:
+    """Tuples become lists, recursively (what YAML's safe dumper and JSON take)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict of a dataclass config (tuples become lists, ready for YAML/JSON)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
+    return _plain(dataclasses.asdict(cfg))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -152,9 +166,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides."""
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Load ``cls`` from an optional YAML file, set the dotted ``values`` (already typed, not parsed: e.g. a
+    command's flags), then apply ``key=value`` overrides (the last word)."""
     data = read_yaml_with_extends(Path(path)) if path is not None else {}
+    for key, value in (values or {}).items():
+        set_dotted(data, key, _plain(value))
     # merge into the file's own mapping (not the resolved defaults): fields derived in __post_init__
     # (e.g. a preset's width) must follow an overridden preset
     merged = apply_overrides(data, overrides or [])
@@ -177,14 +199,38 @@ def read_yaml_with_extends(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str
     if parent is None:
         return loaded
     base = read_yaml_with_extends(path.parent / parent, (*_seen, path.resolve()))
-    return _deep_merge(base, loaded)
+    return deep_merge(base, loaded)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+# --- nested-dict helpers (configs, params, resume checks) ------------------------------------------------
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` overlaid with ``update``: sections present in both are merged key by key, anything else in
+    ``update`` replaces ``base``'s value (copies; the inputs are left as they are)."""
     out = dict(base)
     for key, value in update.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if both else value
     return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> ``{"a.b.c": value}``; an empty section stays one entry (``{"a": {}}``)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        out.update(flatten(value, f"{dotted}.") if isinstance(value, Mapping) and value else {dotted: value})
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data["a"]["b"]["c"] = value`` for ``key="a.b.c"``, creating sections as needed."""
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+    node[last] = value
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

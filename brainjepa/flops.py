@@ -58,9 +58,7 @@ def predictor_flops(cfg: ModelConfig, batch: int, n_context: int, n_target: int)
     """Predictor forward: embed context, blocks over context + mask tokens, project targets."""
     width = cfg.predictor_dim
     per_sample = Flops(linear=2 * n_context * cfg.dim * width + 2 * n_target * width * cfg.dim)
-    per_sample = per_sample + transformer_flops(
-        n_context + n_target, width, cfg.predictor_depth, cfg.mlp_ratio
-    )
+    per_sample = per_sample + transformer_flops(n_context + n_target, width, cfg.predictor_depth, cfg.mlp_ratio)
     return per_sample * batch + positional_flops(cfg, width)
 
 

@@ -1,4 +1,4 @@
-"""Brain gradients: group functional connectivity -> diffusion-map embedding (SPEC section 2).
+"""Brain gradients: group functional connectivity -> diffusion-map embedding (docs/method.md, gradients).
 
 Margulies et al. 2016; Coifman & Lafon 2006, with BrainSpace's ``GradientMaps(approach='dm')`` as
 the reference. Each row of the FC matrix keeps its ``int(R * (1 - sparsity))`` largest entries,
@@ -116,15 +116,15 @@ def default_components(n_rois: int) -> int:
     return max(1, min(DEFAULT_COMPONENTS, n_rois - 1))
 
 
-def check_params(n_rois: int, n_components: int, kernel: str = "normalized_angle", sparsity: float = 0.9,
-                 alpha: float = 0.5) -> None:
+def check_params(
+    n_rois: int, n_components: int, kernel: str = "normalized_angle", sparsity: float = 0.9, alpha: float = 0.5
+) -> None:
     """Raise a ValueError naming the parameter when these settings cannot give gradients of ``n_rois``
     ROIs: cheap, so callers check before they compute a group FC matrix."""
     if n_rois < 2:
         raise ValueError(f"gradients need at least 2 ROIs, got {n_rois}")
     if not 1 <= n_components < n_rois:
-        raise ValueError(f"n_components={n_components} must be between 1 and R-1={n_rois - 1} "
-                         f"for {n_rois} ROIs")
+        raise ValueError(f"n_components={n_components} must be between 1 and R-1={n_rois - 1} for {n_rois} ROIs")
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: expected normalized_angle or cosine")
     if not 0 <= alpha <= 1:
@@ -251,8 +251,9 @@ def _head(source: str | os.PathLike | IO[bytes], n: int = 6) -> bytes:
 def _read_npz(source: str | os.PathLike | IO[bytes]) -> dict[str, np.ndarray]:
     head = _head(source)
     if not head.startswith(b"PK"):
-        raise ValueError("a single .npy array, not an .npz archive" if head.startswith(b"\x93NUMPY")
-                         else "not an .npz (zip) archive")
+        raise ValueError(
+            "a single .npy array, not an .npz archive" if head.startswith(b"\x93NUMPY") else "not an .npz (zip) archive"
+        )
     with np.load(source, allow_pickle=False) as npz:
         missing = sorted({"gradients", "eigenvalues", "metadata"} - set(npz.files))
         if missing:
@@ -320,8 +321,12 @@ class GradientArtifact:
     def save(self, target: str | os.PathLike | IO[bytes]) -> None:
         """Write one ``.npz`` (arrays + metadata JSON string); a path is written atomically, as given."""
         buffer = io.BytesIO()
-        np.savez(buffer, gradients=self.gradients, eigenvalues=self.eigenvalues,
-                 metadata=np.array(json.dumps(self.metadata())))
+        np.savez(
+            buffer,
+            gradients=self.gradients,
+            eigenvalues=self.eigenvalues,
+            metadata=np.array(json.dumps(self.metadata())),
+        )
         if not isinstance(target, str | os.PathLike):
             target.write(buffer.getvalue())
             return
@@ -344,8 +349,10 @@ class GradientArtifact:
     @classmethod
     def _from_parts(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> GradientArtifact:
         if meta.get("format") != ARTIFACT_FORMAT or meta.get("format_version") != ARTIFACT_VERSION:
-            raise ValueError(f"format {meta.get('format')!r} version {meta.get('format_version')!r}, "
-                             f"expected {ARTIFACT_FORMAT!r} version {ARTIFACT_VERSION}")
+            raise ValueError(
+                f"format {meta.get('format')!r} version {meta.get('format_version')!r}, "
+                f"expected {ARTIFACT_FORMAT!r} version {ARTIFACT_VERSION}"
+            )
         return cls(
             gradients=arrays["gradients"],
             eigenvalues=arrays["eigenvalues"],
@@ -376,9 +383,13 @@ def gradient_artifact(
 
 def _check_reference(reference: GradientArtifact, roi_labels: list[str], shape: tuple[int, ...]) -> None:
     if reference.gradients.shape != shape:
-        raise ValueError(f"alignment reference has {reference.gradients.shape[0]} ROIs x "
-                         f"{reference.gradients.shape[1]} gradients, these gradients are {shape[0]} x {shape[1]}")
+        raise ValueError(
+            f"alignment reference has {reference.gradients.shape[0]} ROIs x "
+            f"{reference.gradients.shape[1]} gradients, these gradients are {shape[0]} x {shape[1]}"
+        )
     mismatch = next((i for i, (a, b) in enumerate(zip(roi_labels, reference.roi_labels)) if a != b), None)
     if mismatch is not None:
-        raise ValueError(f"ROI {mismatch} is {roi_labels[mismatch]!r} here but "
-                         f"{reference.roi_labels[mismatch]!r} in the alignment reference")
+        raise ValueError(
+            f"ROI {mismatch} is {roi_labels[mismatch]!r} here but "
+            f"{reference.roi_labels[mismatch]!r} in the alignment reference"
+        )

@@ -186,7 +186,7 @@ class FinetuneEngine:
         self.train_module = train_module if train_module is not None else self.model
         self.cfg, self.task, self.n_outputs, self.dtype = cfg, task, n_outputs, dtype
         self.total_steps = total_steps
-        self.warmup_steps = int(round(cfg.warmup_fraction * total_steps))
+        self.warmup_steps = round(cfg.warmup_fraction * total_steps)
         groups = layerwise_lr_groups(model, cfg.lr, cfg.layer_decay, cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
         self.target_mean = torch.zeros(n_outputs)

@@ -1,4 +1,4 @@
-"""The JEPA objective and one pretraining step (SPEC section 4).
+"""The JEPA objective and one pretraining step (docs/method.md, "The JEPA objective, with an EMA target").
 
 ``BrainJEPA`` holds the context encoder and predictor (the ``student``, which gets gradients and is
 what DDP wraps) and the EMA target encoder. ``PretrainEngine`` owns the optimizer and schedules and
@@ -184,8 +184,11 @@ class PretrainEngine:
                 for name, part in zip(REGIONS, torch.split(per_token, [int(s) for s in sizes])):
                     out[f"l1_{name}"] = part.mean().item()
         if monitor:
-            out.update(self._learning_monitors(series, context_index, target_index, raw_targets, targets,
-                                               context, prediction, out["loss"]))
+            out.update(
+                self._learning_monitors(
+                    series, context_index, target_index, raw_targets, targets, context, prediction, out["loss"]
+                )
+            )
         self.floor.update(targets, target_index)
         return out
 
@@ -221,9 +224,13 @@ class PretrainEngine:
             out["loss_over_floor"] = loss / max(out["floor"], 1e-12)
         target_stats = collapse_monitors(raw_targets)
         pooled = collapse_monitors(context.float().mean(dim=1))
-        out.update(target_std=target_stats["std"], target_rank=target_stats["rank"],
-                   prediction_std=collapse_monitors(prediction)["std"], context_std=pooled["std"],
-                   context_rank=pooled["rank"])
+        out.update(
+            target_std=target_stats["std"],
+            target_rank=target_stats["rank"],
+            prediction_std=collapse_monitors(prediction)["std"],
+            context_std=pooled["std"],
+            context_rank=pooled["rank"],
+        )
         return out
 
     def _regularizer_generator(self) -> torch.Generator:

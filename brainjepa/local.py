@@ -86,16 +86,31 @@ def local_pretraining(
     torch.manual_seed(cfg.seed)
     if cohort is None:
         cohort = synthetic_cohort(
-            cfg.subjects, cfg.model.n_rois, n_frames=(cfg.model.frames * 2, cfg.model.frames * 3),
-            tr=(cfg.target_tr / 2, cfg.target_tr * 0.8), seed=cfg.seed,
+            cfg.subjects,
+            cfg.model.n_rois,
+            n_frames=(cfg.model.frames * 2, cfg.model.frames * 3),
+            tr=(cfg.target_tr / 2, cfg.target_tr * 0.8),
+            seed=cfg.seed,
         )
     gradients = cohort_gradients(cohort.series, cfg.model.n_gradients) if cfg.model.positional == "gradient" else None
-    engine = PretrainEngine(BrainJEPA(cfg.model, gradients, cfg.pretext), cfg.optim, cfg.steps, cfg.device,
-                            cfg.dtype, monitor_every=cfg.monitor_every)
+    engine = PretrainEngine(
+        BrainJEPA(cfg.model, gradients, cfg.pretext),
+        cfg.optim,
+        cfg.steps,
+        cfg.device,
+        cfg.dtype,
+        monitor_every=cfg.monitor_every,
+    )
     sampler = iter(
         ScanSampler(
-            cohort.series, cohort.tr, robust_stats(cohort.series), cfg.model, cfg.masks,
-            cfg.batch_size, cfg.target_tr, cfg.seed,
+            cohort.series,
+            cohort.tr,
+            robust_stats(cohort.series),
+            cfg.model,
+            cfg.masks,
+            cfg.batch_size,
+            cfg.target_tr,
+            cfg.seed,
         )
     )
     for _ in range(cfg.steps):

@@ -1,4 +1,4 @@
-"""Spatiotemporal masking on the ROI x time-patch grid (SPEC section 3).
+"""Spatiotemporal masking on the ROI x time-patch grid (docs/method.md, "Spatiotemporal masking").
 
 Per sample, an observation block (a random subset of ROIs over a contiguous window of time patches,
 placed anywhere, the last patch included) is the encoder's context. Three target regions, all
@@ -33,7 +33,7 @@ import torch
 REGIONS = ("cross_roi", "cross_time", "double_cross")
 
 MASK_PRESETS: dict[str, dict[str, Any]] = {
-    # "paper" (SPEC section 3: the paper's ranges, i.e. the MaskConfig field defaults) is added below the class.
+    # "paper" (the paper's ranges, i.e. the MaskConfig field defaults: docs/method.md) is added below the class.
     # What the authors' code (Eric-LRL/Brain-JEPA, src/masks/spatialtemporal_multiblock.py with
     # configs/ukb_vitb_ep300.yaml, batch 16) effectively trains on at 450 x 10, after it truncates every
     # sample's context and target to the batch minimum, with regions classified by position: per sample

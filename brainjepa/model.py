@@ -93,8 +93,15 @@ class BrainEncoder(nn.Module):
         self.patch_embed = nn.Linear(cfg.patch, cfg.dim)
         self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, cfg.dim, gradients)
         self.blocks = make_blocks(
-            cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop, cfg.drop_path,
-            cfg.qk_norm, cfg.qk_temperature,
+            cfg.dim,
+            cfg.depth,
+            cfg.heads,
+            cfg.mlp_ratio,
+            cfg.drop,
+            cfg.attn_drop,
+            cfg.drop_path,
+            cfg.qk_norm,
+            cfg.qk_temperature,
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
         init_weights(self, self.blocks, cfg.init_std, cfg.init)
@@ -158,17 +165,22 @@ class Predictor(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.pos_embed = build_positional(cfg.positional, cfg.n_rois, cfg.n_time_patches, width, gradients)
         self.blocks = make_blocks(
-            width, cfg.predictor_depth, cfg.predictor_heads, cfg.mlp_ratio, cfg.drop, cfg.attn_drop,
-            cfg.drop_path, cfg.qk_norm, cfg.qk_temperature,
+            width,
+            cfg.predictor_depth,
+            cfg.predictor_heads,
+            cfg.mlp_ratio,
+            cfg.drop,
+            cfg.attn_drop,
+            cfg.drop_path,
+            cfg.qk_norm,
+            cfg.qk_temperature,
         )
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.proj = nn.Linear(width, cfg.dim)
         init_weights(self, self.blocks, cfg.init_std, cfg.init)
         nn.init.trunc_normal_(self.mask_token, std=cfg.init_std)
 
-    def forward(
-        self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
         """``context`` (B, Nc, D) at ``context_index`` (B, Nc) -> predictions (B, Nt, D)."""
         pos = self.pos_embed()
         x = self.embed(context) + gather_tokens(pos, context_index)
@@ -176,7 +188,7 @@ class Predictor(nn.Module):
         x = torch.cat([x, queries.to(x.dtype)], dim=1)
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x[:, context.shape[1]:])
+        x = self.norm(x[:, context.shape[1] :])
         return self.proj(x)
 
 
@@ -206,8 +218,11 @@ def state_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, tor
     neither memory nor initialisation) key by key and shape by shape."""
     got = {k: tuple(v.shape) for k, v in state.items()}
     want = {k: tuple(v.shape) for k, v in expected.items()}
-    return StateMismatch(sorted(set(want) - set(got)), sorted(set(got) - set(want)),
-                         sorted(k for k in set(got) & set(want) if got[k] != want[k]))
+    return StateMismatch(
+        sorted(set(want) - set(got)),
+        sorted(set(got) - set(want)),
+        sorted(k for k in set(got) & set(want) if got[k] != want[k]),
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 
 LEARNING_MONITORS = (
-    "context_reliance", "floor", "loss_over_floor", "target_std", "target_rank", "prediction_std",
-    "context_std", "context_rank",
+    "context_reliance",
+    "floor",
+    "loss_over_floor",
+    "target_std",
+    "target_rank",
+    "prediction_std",
+    "context_std",
+    "context_rank",
 )
 """Metrics ``PretrainEngine`` reports on monitored steps (see ``PretrainEngine._learning_monitors``)."""
 

@@ -1,6 +1,6 @@
 """Positional embeddings on the ROI x time-patch token grid (token index = roi * n_time_patches + t).
 
-``GradientPositionalEmbedding`` is Brain Gradient Positioning (SPEC section 2): half of the channels
+``GradientPositionalEmbedding`` is Brain Gradient Positioning (docs/method.md): half of the channels
 are a fixed 1-D sin-cos code of the time patch, the other half a learned linear map of each ROI's
 brain-gradient coordinates, min-max scaled to [-1, 1]. ``SinCosPositionalEmbedding`` is the classic
 fixed 2-D sin-cos code by (ROI index, time patch), kept as an ablation.

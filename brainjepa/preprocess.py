@@ -55,16 +55,15 @@ def window_at(series: np.ndarray, tr: float, target_tr: float, frames: int, star
     return series[:, lo] * (1 - frac) + series[:, hi] * frac
 
 
-def sample_window(
-    series: np.ndarray, tr: float, target_tr: float, frames: int, rng: np.random.Generator
-) -> np.ndarray:
+def sample_window(series: np.ndarray, tr: float, target_tr: float, frames: int, rng: np.random.Generator) -> np.ndarray:
     """A window at a uniformly random start (the pretraining augmentation)."""
     slack = _check_long_enough(series.shape[1], tr, target_tr, frames)
     return window_at(series, tr, target_tr, frames, rng.uniform(0.0, slack))
 
 
-def tiling_windows(series: np.ndarray, tr: float, target_tr: float, frames: int,
-                   step: float | None = None) -> np.ndarray:
+def tiling_windows(
+    series: np.ndarray, tr: float, target_tr: float, frames: int, step: float | None = None
+) -> np.ndarray:
     """(k, R, frames): windows covering the whole scan, starting every ``step`` seconds (default: the
     window's length, i.e. consecutive windows), the last one ending at its end (deterministic: used to embed a scan)."""
     slack = _check_long_enough(series.shape[1], tr, target_tr, frames)

@@ -57,7 +57,7 @@ def _global_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     out = []
     offset = 0
     for t in tensors:
-        out.append(flat[offset:offset + t.numel()].reshape(t.shape))
+        out.append(flat[offset : offset + t.numel()].reshape(t.shape))
         offset += t.numel()
     return tuple(out)
 
@@ -116,8 +116,7 @@ def sigreg_loss(
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
         rows = _as_float32_rows(x)
-        directions = torch.randn(rows.shape[1], n_slices, generator=generator, device=rows.device,
-                                 dtype=torch.float32)
+        directions = torch.randn(rows.shape[1], n_slices, generator=generator, device=rows.device, dtype=torch.float32)
         directions = directions / directions.norm(dim=0, keepdim=True)
         nodes, weights = _epps_pulley_nodes(n_points, t_max, rows.device)
         phase = (rows @ directions).unsqueeze(-1) * nodes  # (N, S, P)

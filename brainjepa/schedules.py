@@ -48,7 +48,7 @@ class Schedules:
 
     @property
     def warmup_steps(self) -> int:
-        return int(round(self.cfg.warmup_fraction * self.total_steps))
+        return round(self.cfg.warmup_fraction * self.total_steps)
 
     def lr(self, step: int) -> float:
         """Linear warmup start_lr -> lr, then cosine lr -> final_lr."""

@@ -118,8 +118,10 @@ def fingerprint_cohort(
     if n_networks < 2 or n_rois < n_networks:
         raise ValueError(f"fingerprint cohort needs >= 2 networks and >= 1 ROI per network, got {n_networks}, {n_rois}")
     if n_subjects < 1 or scans_per_subject < 1 or n_frames < 2:
-        raise ValueError(f"need >= 1 subject, >= 1 scan per subject and >= 2 frames, got "
-                         f"{n_subjects}, {scans_per_subject}, {n_frames}")
+        raise ValueError(
+            f"need >= 1 subject, >= 1 scan per subject and >= 2 frames, got "
+            f"{n_subjects}, {scans_per_subject}, {n_frames}"
+        )
     lo, hi = cohesion
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"cohesion must be a (low, high) range inside [0, 1], got {cohesion}")
@@ -145,5 +147,11 @@ def fingerprint_cohort(
     offset = rng.normal(0.0, 2.0, (n_scan, 1, 1))
     gain = np.exp(0.2 * rng.standard_normal((n_scan, n_rois, 1)))
     series = (base[None, :, None] + offset + 5.0 * gain * x).astype(np.float32)
-    return SyntheticCohort(series=list(series), tr=np.full(n_scan, float(tr)), network=network,
-                           phenotypes={"cohesion": c[subject]}, subject=subject, session=session)
+    return SyntheticCohort(
+        series=list(series),
+        tr=np.full(n_scan, float(tr)),
+        network=network,
+        phenotypes={"cohesion": c[subject]},
+        subject=subject,
+        session=session,
+    )

@@ -140,8 +140,16 @@ def make_blocks(
     """``depth`` blocks with stochastic depth rising linearly from 0 to ``drop_path``."""
     rates = [drop_path * i / (depth - 1) for i in range(depth)] if depth > 1 else [drop_path]
     return nn.ModuleList(
-        Block(dim, heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=r, qk_norm=qk_norm,
-              qk_temperature=qk_temperature)
+        Block(
+            dim,
+            heads,
+            mlp_ratio,
+            drop=drop,
+            attn_drop=attn_drop,
+            drop_path=r,
+            qk_norm=qk_norm,
+            qk_temperature=qk_temperature,
+        )
         for r in rates
     )
 

@@ -1,27 +1,36 @@
-"""Pictures: masks on the ROI x time grid, training curves."""
+"""Pictures: masks on the ROI x time grid, training curves.
+
+Figures are drawn on their own ``Figure`` with an Agg canvas, not through ``pyplot``: importing this module
+and drawing leave matplotlib's backend and pyplot's figures as the caller has them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from brainjepa.masks import MaskBatch  # noqa: E402
+from brainjepa.masks import MaskBatch
 
 MASK_COLOURS = ["#f2f2f2", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
 MASK_LABELS = ["not used", "context (observation)", "cross-ROI target", "cross-time target", "double-cross target"]
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _figure(**kwargs: object) -> Figure:
+    """A figure of its own (Agg canvas), outside pyplot's global state."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -39,11 +48,18 @@ def mask_grid(masks: MaskBatch, sample: int, n_rois: int, n_time_patches: int) -
 def plot_masks(masks: MaskBatch, n_rois: int, n_time_patches: int, path: str | Path, n_samples: int = 4) -> Path:
     """Draw the first ``n_samples`` samples' masks side by side (ROIs down, time patches across)."""
     n = min(n_samples, masks.context.shape[0])
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n + 1.5, 5), squeeze=False)
+    fig = _figure(figsize=(2.2 * n + 1.5, 5))
+    axes = fig.subplots(1, n, squeeze=False)
     cmap = ListedColormap(MASK_COLOURS)
     for i, ax in enumerate(axes[0]):
-        ax.imshow(mask_grid(masks, i, n_rois, n_time_patches), cmap=cmap, vmin=0, vmax=4,
-                  aspect="auto", interpolation="nearest")
+        ax.imshow(
+            mask_grid(masks, i, n_rois, n_time_patches),
+            cmap=cmap,
+            vmin=0,
+            vmax=4,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ax.set_title(f"sample {i}")
         ax.set_xlabel("time patch")
         if i == 0:
@@ -66,7 +82,8 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
         ("effective rank", [("target_rank", "targets"), ("context_rank", "pooled context")]),
         ("std per dimension", [("target_std", "targets"), ("context_std", "pooled context")]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    fig = _figure(figsize=(4 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels))
     for ax, (title, series) in zip(axes, panels):
         for key, label in series:
             points = [(h["step"], h[key]) for h in history if key in h and np.isfinite(h[key])]
@@ -83,13 +100,12 @@ def plot_training_curves(history: list[dict[str, float]], path: str | Path) -> P
     return _save(fig, path)
 
 
-def plot_gradients(
-    gradients: np.ndarray, eigenvalues: np.ndarray, roi_labels: list[str], path: str | Path
-) -> Path:
+def plot_gradients(gradients: np.ndarray, eigenvalues: np.ndarray, roi_labels: list[str], path: str | Path) -> Path:
     """Gradient 1 vs gradient 2 (coloured by network when the labels name one) and the scree plot."""
     from brainjepa.gradients import network_names
 
-    fig, (scatter, scree) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig = _figure(figsize=(11, 4.6))
+    scatter, scree = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
     networks = network_names(roi_labels)
     x = gradients[:, 0]
     y = gradients[:, 1] if gradients.shape[1] > 1 else np.arange(len(x), dtype=float)
@@ -97,7 +113,7 @@ def plot_gradients(
         scatter.scatter(x, y, s=14, color="#4c72b0", alpha=0.8)
     else:
         names = sorted(set(networks))
-        cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+        cmap = matplotlib.colormaps["tab20" if len(names) > 10 else "tab10"]
         for i, name in enumerate(names):
             mine = np.array([n == name for n in networks])
             scatter.scatter(x[mine], y[mine], s=14, color=cmap(i % cmap.N), label=name)
@@ -119,7 +135,8 @@ def plot_evaluation(last: dict, task: str, target: str, path: str | Path) -> Pat
     true for a regression target, per-class recall bars otherwise."""
     from sklearn.metrics import recall_score, roc_curve
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = _figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     for name, result in last.items():
         if task == "regression":
             label = f"{name} (r={result.metrics['pearson_r']:.2f})"

@@ -70,8 +70,9 @@ def _s3_filesystem(retries: int) -> pafs.S3FileSystem:
 
 
 @lru_cache(maxsize=16)
-def _cached_s3_filesystem(retries: int, key: str, secret: str, token: str | None, region: str,
-                          endpoint: str | None) -> pafs.S3FileSystem:
+def _cached_s3_filesystem(
+    retries: int, key: str, secret: str, token: str | None, region: str, endpoint: str | None
+) -> pafs.S3FileSystem:
     """One filesystem per settings (kept in memory only; the key is never logged)."""
     kwargs: dict[str, Any] = {
         "access_key": key,
@@ -107,8 +108,12 @@ def run_filesystem(loc: Location) -> pafs.FileSystem:
         return loc.fs
     import s3fs
 
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint(), profile=profile_name(),
-                           client_kwargs={"region_name": region()}, config_kwargs={"connect_timeout": 5})
+    fs = s3fs.S3FileSystem(
+        endpoint_url=s3_endpoint(),
+        profile=profile_name(),
+        client_kwargs={"region_name": region()},
+        config_kwargs={"connect_timeout": 5},
+    )
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
@@ -124,10 +129,13 @@ def resolve(uri: str | os.PathLike, retries: int = 3) -> Location:
         path = os.path.abspath(parsed.path if parsed.scheme == "file" else text)
         return Location(pafs.LocalFileSystem(), path, path)
     if parsed.scheme in FSSPEC_SCHEMES:
-        return Location(_fsspec_filesystem(parsed.scheme), f"{parsed.netloc}{parsed.path}".rstrip("/"),
-                        text.rstrip("/"))
-    raise StorageError(f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file://, s3://, "
-                       f"or one of {sorted(s + '://' for s in FSSPEC_SCHEMES)}")
+        return Location(
+            _fsspec_filesystem(parsed.scheme), f"{parsed.netloc}{parsed.path}".rstrip("/"), text.rstrip("/")
+        )
+    raise StorageError(
+        f"{text}: unsupported URI scheme {parsed.scheme!r}; use a local path, file://, s3://, "
+        f"or one of {sorted(s + '://' for s in FSSPEC_SCHEMES)}"
+    )
 
 
 FSSPEC_SCHEMES = {"gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure", "memory": ""}
@@ -143,15 +151,27 @@ def _fsspec_filesystem(scheme: str) -> pafs.FileSystem:
     try:
         fs = fsspec.filesystem(scheme)
     except ImportError as exc:
-        raise StorageError(f"{scheme}:// URIs need an optional dependency ({exc}): "
-                           f"pip install 'brainjepa[{FSSPEC_SCHEMES[scheme]}]'") from None
+        raise StorageError(
+            f"{scheme}:// URIs need an optional dependency ({exc}): pip install 'brainjepa[{FSSPEC_SCHEMES[scheme]}]'"
+        ) from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-TRANSIENT_ERRNOS = frozenset({
-    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
-    errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH,
-})
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTUNREACH,
+    }
+)
 """Local/socket errno values worth a second try (a busy or briefly unreachable store)."""
 
 TRANSIENT_S3 = re.compile(
@@ -165,8 +185,7 @@ TRANSIENT_S3 = re.compile(
 def is_transient(exc: BaseException) -> bool:
     """Whether retrying ``exc`` can help: network and throttling errors yes; missing files, denied
     access, bad requests no."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        FileExistsError)):
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
@@ -190,12 +209,18 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_del
             transient = is_transient(exc)
             if not transient or attempt == attempts:
                 elapsed = time.monotonic() - start
-                tried = (f"after {attempts} attempts over {elapsed:.0f}s" if transient
-                         else "(not retried: not a transient error)")
-                hint = ("Check the credentials (AWS_ACCESS_KEY_ID) and their permissions on this bucket."
-                        if "ACCESS_DENIED" in str(exc) else
-                        "Check that the object store is reachable (AWS_ENDPOINT_URL) and the credentials are valid."
-                        if transient else "")
+                tried = (
+                    f"after {attempts} attempts over {elapsed:.0f}s"
+                    if transient
+                    else "(not retried: not a transient error)"
+                )
+                hint = (
+                    "Check the credentials (AWS_ACCESS_KEY_ID) and their permissions on this bucket."
+                    if "ACCESS_DENIED" in str(exc)
+                    else "Check that the object store is reachable (AWS_ENDPOINT_URL) and the credentials are valid."
+                    if transient
+                    else ""
+                )
                 raise StorageError(f"{what} failed {tried}: {str(exc).rstrip('.')}. {hint}".rstrip()) from exc
             time.sleep(delay * (0.5 + 0.5 * _jitter.random()))  # "equal jitter": spreads synchronized retries
             delay *= 2

@@ -47,15 +47,31 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     credentials = tmp_path_factory.mktemp("aws") / "credentials"
-    credentials.write_text("[brainjepa-tests]\naws_access_key_id = testing-key\n"
-                           "aws_secret_access_key = testing-secret-do-not-log\n")
-    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-             "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_REGION")
+    credentials.write_text(
+        "[brainjepa-tests]\naws_access_key_id = testing-key\naws_secret_access_key = testing-secret-do-not-log\n"
+    )
+    names = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+    )
     saved = {k: os.environ.get(k) for k in names}
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         os.environ.pop(key, None)
-    os.environ.update({"AWS_PROFILE": "brainjepa-tests", "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
-                       "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"})
+    os.environ.update(
+        {
+            "AWS_PROFILE": "brainjepa-tests",
+            "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+    )
     yield endpoint
     server.stop()
     for k, v in saved.items():
@@ -65,11 +81,26 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
             os.environ[k] = v
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the session's Ray cluster is an integration test, whatever its file marks."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint: str) -> Iterator[None]:
-    """One local Ray cluster for the session (started by ray.init, stopped by ray.shutdown)."""
+def ray_cluster(s3_endpoint: str) -> Iterator[str]:
+    """One local Ray cluster for the session (started by ray.init, stopped by ray.shutdown); its address, for
+    `brainjepa` subprocesses to join it with RAY_ADDRESS instead of starting a cluster of their own."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
+    for attempt in (1, 2):  # Ray gives its raylet 30 s to register: a second try when the machine is overloaded
+        try:
+            context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            break
+        except Exception as exc:
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+    yield context.address_info["address"]
     ray.shutdown()

@@ -71,8 +71,9 @@ def test_imported_encoder_predictor_and_loss_equal_the_authors(checkpoint, gradi
 
 def test_export_then_import_is_the_identity(checkpoint, gradients) -> None:
     weights = read_authors_checkpoint(checkpoint, gradients)
-    exported = write_authors_checkpoint(weights.config, weights.encoder, weights.context_encoder, weights.predictor,
-                                        epoch=weights.epoch)
+    exported = write_authors_checkpoint(
+        weights.config, weights.encoder, weights.context_encoder, weights.predictor, epoch=weights.epoch
+    )
     for part in ("encoder", "predictor", "target_encoder"):  # their layout, key for key and shape for shape
         assert {k: v.shape for k, v in exported[part].items()} == {k: v.shape for k, v in checkpoint[part].items()}
         for key, value in checkpoint[part].items():

@@ -34,6 +34,7 @@ def registry(tmp_path, monkeypatch) -> Iterator[str]:
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_imported_model_embeds_like_the_authors_target_encoder(registry, tmp_path, capsys) -> None:
     assert main(["import-checkpoint", CHECKPOINT, "--gradients", GRADIENTS, "--name", "authors-test"]) == 0
     out = capsys.readouterr().out
@@ -53,8 +54,23 @@ def test_imported_model_embeds_like_the_authors_target_encoder(registry, tmp_pat
     # with the cohort's statistics the registered model embeds raw series itself
     stats = tmp_path / "stats.npz"
     np.savez(stats, median=np.zeros(20), iqr=np.full(20, 2.0))
-    assert main(["import-checkpoint", CHECKPOINT, "--gradients", GRADIENTS, "--name", "authors-test",
-                 "--stats", str(stats), "--tr", "0.72"]) == 0
+    assert (
+        main(
+            [
+                "import-checkpoint",
+                CHECKPOINT,
+                "--gradients",
+                GRADIENTS,
+                "--name",
+                "authors-test",
+                "--stats",
+                str(stats),
+                "--tr",
+                "0.72",
+            ]
+        )
+        == 0
+    )
     bundle = load_encoder("models:/authors-test/2")
     embedded = bundle.embed(2.0 * outputs["series"])
     np.testing.assert_allclose(embedded, reference.mean(axis=1), atol=1e-5)
@@ -101,8 +117,13 @@ def test_a_gradient_artifact_brings_its_roi_labels_and_atlas(registry, tmp_path,
     table = read_gradient_table(Path(GRADIENTS).read_text()).numpy()
     labels = [f"7Networks_LH_{i}" for i in range(20)]
     GradientArtifact(table, np.ones(3), labels, GradientParams(3), GradientProvenance(atlas="toy20")).save(
-        tmp_path / "gradients.npz")
-    assert main(["import-checkpoint", CHECKPOINT, "--gradients", str(tmp_path / "gradients.npz"),
-                 "--name", "authors-test"]) == 0
+        tmp_path / "gradients.npz"
+    )
+    assert (
+        main(
+            ["import-checkpoint", CHECKPOINT, "--gradients", str(tmp_path / "gradients.npz"), "--name", "authors-test"]
+        )
+        == 0
+    )
     bundle = load_encoder(capsys.readouterr().out.strip().splitlines()[-1])
     assert bundle.roi_labels == labels and bundle.atlas == "toy20"

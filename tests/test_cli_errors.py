@@ -3,7 +3,6 @@ the tracking-server check that runs before any Ray work. No Ray cluster is start
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -16,7 +15,8 @@ import pytest
 
 from brainjepa_platform.cli import main as cli
 from brainjepa_platform.errors import DEBUG_ENV, EXIT_BROKEN_PIPE, EXIT_ERROR, UserError
-from brainjepa_platform.tracking.registry import check_tracking_uri
+from brainjepa_platform.tracking.store import check_tracking_uri
+from tests.manifests import small_manifest, write_manifest
 
 BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 REPO = Path(__file__).resolve().parents[1]
@@ -81,15 +81,23 @@ def test_missing_source_says_it_does_not_exist(tmp_path, capsys) -> None:
 
 def test_unknown_model_uri_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    code = cli.main(["embed", "--model", "models:/no-such-model", "--data", str(tmp_path / "data"),
-                     "--out", str(tmp_path / "emb")])
+    code = cli.main(
+        ["embed", "--model", "models:/no-such-model", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "emb")]
+    )
     assert code == EXIT_ERROR
     assert "no-such-model" in one_error_line(capsys.readouterr().err, "embed")
 
 
 def test_malformed_yaml_names_the_override_or_the_file(tmp_path, capsys) -> None:
-    code = cli.main(["sweep", "--config", str(REPO / "configs/sweep/laptop.yaml"), "data.dataset=x",
-                     "space={model.n_gradients: {values: [3, 10}"])
+    code = cli.main(
+        [
+            "sweep",
+            "--config",
+            str(REPO / "configs/sweep/laptop.yaml"),
+            "data.dataset=x",
+            "space={model.n_gradients: {values: [3, 10}",
+        ]
+    )
     assert code == EXIT_ERROR
     line = one_error_line(capsys.readouterr().err, "sweep")
     assert "space=" in line and "malformed YAML" in line
@@ -111,8 +119,15 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys) -> None:
     assert "Traceback" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bug", [TypeError("unsupported operand"), AttributeError("no attribute 'x'"),
-                                 KeyError("n_rois"), RuntimeError("internal invariant")])
+@pytest.mark.parametrize(
+    "bug",
+    [
+        TypeError("unsupported operand"),
+        AttributeError("no attribute 'x'"),
+        KeyError("n_rois"),
+        RuntimeError("internal invariant"),
+    ],
+)
 def test_programming_errors_keep_their_traceback(bug, fc_file, tmp_path, monkeypatch) -> None:
     def broken(request):
         raise bug
@@ -122,11 +137,16 @@ def test_programming_errors_keep_their_traceback(bug, fc_file, tmp_path, monkeyp
         cli.main(["gradients", str(fc_file), "--out", str(tmp_path / "g.npz")])
 
 
+@pytest.mark.integration
 def test_closed_output_pipe_ends_quietly() -> None:
     """`brainjepa ... | head -1` where head has gone: no traceback, no message, status 141 (as a shell
     reports for a closed pipe)."""
-    proc = subprocess.Popen([BRAINJEPA, "masks", "--rois", "20", "--frames", "40", "--patch", "8", "--samples", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [BRAINJEPA, "masks", "--rois", "20", "--frames", "40", "--patch", "8", "--samples", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdout.close()  # the reader goes away before the command writes anything
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE
@@ -156,7 +176,7 @@ def test_tracking_server_answering_any_status_is_reachable() -> None:
     from threading import Thread
 
     class NotFound(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             self.send_error(404)
 
         def log_message(self, *args) -> None:
@@ -183,21 +203,27 @@ def test_pretrain_with_unreachable_tracking_server_fails_before_ray(tmp_path, mo
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
-    code = cli.main(["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"),
-                     f"data.dataset={tmp_path / 'data'}"])
+    code = cli.main(
+        ["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), f"data.dataset={tmp_path / 'data'}"]
+    )
     assert code == EXIT_ERROR
     assert uri in one_error_line(capsys.readouterr().err, "pretrain")
 
 
 def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
     """The gradients sweep (up to 30 gradients) on a 24-ROI dataset: refused at once, not after Ray work."""
-    dataset = tmp_path / "cohort"
-    dataset.mkdir()
-    atlas = {"name": "atlas", "n_rois": 24, "roi_labels": [f"roi_{i}" for i in range(24)]}
-    (dataset / "manifest.json").write_text(json.dumps({"dataset": "cohort", "atlas": atlas}))
+    dataset = write_manifest(tmp_path / "cohort", small_manifest(24, atlas="atlas"))
     monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
-    code = cli.main(["sweep", "--config", str(REPO / "configs/sweep/gradients.yaml"), f"data.dataset={dataset}",
-                     f"pretrain_config={REPO / 'configs/pretrain/tiny.yaml'}", f"storage_path={tmp_path / 'sweeps'}"])
+    code = cli.main(
+        [
+            "sweep",
+            "--config",
+            str(REPO / "configs/sweep/gradients.yaml"),
+            f"data.dataset={dataset}",
+            f"pretrain_config={REPO / 'configs/pretrain/tiny.yaml'}",
+            f"storage_path={tmp_path / 'sweeps'}",
+        ]
+    )
     assert code == EXIT_ERROR
     line = one_error_line(capsys.readouterr().err, "sweep")
     assert "space.model.n_gradients: [30]" in line and "24 ROIs" in line

@@ -37,8 +37,9 @@ def listening_addresses(pid: int) -> list[tuple[str, str]]:
     found = []
     for proc in [root, *root.children(recursive=True)]:
         try:
-            found += [(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="tcp")
-                      if c.status == psutil.CONN_LISTEN]
+            found += [
+                (proc.name(), c.laddr.ip) for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.Error:  # exited meanwhile
             continue
     return found
@@ -55,15 +56,33 @@ def read_stderr_until(proc: subprocess.Popen, marker: bytes, timeout: float) -> 
     return err
 
 
+@pytest.mark.integration
 def test_ctrl_c_in_ingest_on_a_quiet_loopback_cluster(tmp_path) -> None:
     bids, out = tmp_path / "bids", tmp_path / "dataset"
     paths = write_bids(resolve(bids), SynthOptions(subjects=16, seed=0))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", DEBUG_ENV)}
-    command = [BRAINJEPA, "ingest", str(bids), "--atlas", paths["atlas"], "--labels", paths["labels"],
-               "--out", str(out), "--scans-per-shard", "2"]
+    command = [
+        BRAINJEPA,
+        "ingest",
+        str(bids),
+        "--atlas",
+        paths["atlas"],
+        "--labels",
+        paths["labels"],
+        "--out",
+        str(out),
+        "--scans-per-shard",
+        "2",
+    ]
     # its own process group, as a terminal's foreground job; SIGINT handled even if this runs in the background
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         err = read_stderr_until(proc, b"ingest:", timeout=300)  # the progress bar: Ray is up, chunks running
         listening = listening_addresses(proc.pid)
@@ -111,6 +130,7 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
     exits 1 without a word; `brainjepa pretrain` runs it in a worker thread, so Ctrl-C stays a
     KeyboardInterrupt for the command (then one line, status 130), after Ray is stopped."""
     from brainjepa_platform.cluster import connect as cluster
+
     started, stopped = threading.Event(), threading.Event()
     monkeypatch.setattr(cluster, "stop_ray", stopped.set)
 
@@ -148,12 +168,14 @@ ray.shutdown()
 """
 
 
+@pytest.mark.integration
 def test_pretraining_progress_reaches_the_console_without_ray_chatter(tmp_path) -> None:
     """``init_ray(worker_output=True)`` (``brainjepa pretrain``) shows what workers print on stdout (rank 0's
     progress lines), without Ray's worker prefix, and leaves their stderr in Ray's log files."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", DEBUG_ENV)}
-    result = subprocess.run([sys.executable, "-c", WORKER_OUTPUT_SCRIPT], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_OUTPUT_SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "step 5/20 (25%) from a worker" in result.stdout, (result.stdout, result.stderr)
     assert "pid=" not in result.stdout

@@ -60,3 +60,44 @@ def test_a_partial_section_override_keeps_the_sections_own_defaults(tmp_path) ->
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  frames: 32\n")
     assert load_config(LocalPretrainConfig, path).model.n_rois == default.model.n_rois
+
+
+def test_values_sit_between_the_file_and_the_overrides(tmp_path) -> None:
+    """A command's flags (typed values, not parsed as YAML) override the file; ``key=value`` has the last word."""
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 7\nseed: 1\nmodel:\n  n_rois: 100\n")
+    cfg = load_config(
+        LocalPretrainConfig,
+        path,
+        ["seed=3"],
+        {"seed": 2, "steps": 9, "device": "yes", "masks.cross_roi_scale": (0.3, 0.4)},
+    )
+    assert (cfg.steps, cfg.seed, cfg.model.n_rois) == (9, 3, 100)
+    assert cfg.device == "yes"  # a flag's text stays text (YAML would make it True)
+    assert cfg.masks.cross_roi_scale == (0.3, 0.4)
+
+
+def test_a_missing_required_key_is_a_config_error() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Needs:
+        out: str
+        quiet: bool = False
+
+    with pytest.raises(ConfigError, match=r"missing config key\(s\) \['out'\]"):
+        load_config(Needs, None, ["quiet=true"])
+    assert load_config(Needs, None, ["out=x"]).out == "x"
+
+
+def test_dict_helpers() -> None:
+    from brainjepa.config import deep_merge, flatten, set_dotted
+
+    base = {"a": {"b": 1, "c": 2}, "d": [1], "e": {}}
+    merged = deep_merge(base, {"a": {"c": 3}, "d": [2], "f": 4})
+    assert merged == {"a": {"b": 1, "c": 3}, "d": [2], "e": {}, "f": 4} and base["a"]["c"] == 2
+    assert flatten(merged) == {"a.b": 1, "a.c": 3, "d": [2], "e": {}, "f": 4}
+    set_dotted(merged, "g.h.i", 5)
+    assert merged["g"] == {"h": {"i": 5}}
+    with pytest.raises(ConfigError, match="'f' is not a section"):
+        set_dotted(merged, "f.x", 1)

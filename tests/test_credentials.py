@@ -15,22 +15,29 @@ from brainjepa_platform.credentials import current_credentials
 from brainjepa_platform.storage import StorageError, ensure_bucket, read_bytes, resolve, run_filesystem, write_bytes
 
 PROFILE_KEY, PROFILE_SECRET = "AKIAPROFILEONLY00001", "profile-secret-never-logged"
-KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_DEFAULT_PROFILE")
+KEY_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+)
 
 
 @pytest.fixture
 def profiles(s3_endpoint, tmp_path, monkeypatch) -> dict[str, str]:
     """Shared credentials/config files with a key profile and a role profile; no key variables at all."""
     credentials, config = tmp_path / "credentials", tmp_path / "config"
-    credentials.write_text(f"[research]\naws_access_key_id = {PROFILE_KEY}\n"
-                           f"aws_secret_access_key = {PROFILE_SECRET}\n")
-    config.write_text("[profile research]\nregion = us-east-1\n\n"
-                      "[profile runs-role]\nrole_arn = arn:aws:iam::123456789012:role/brainjepa-runs\n"
-                      "source_profile = research\nregion = us-east-1\n")
+    credentials.write_text(f"[research]\naws_access_key_id = {PROFILE_KEY}\naws_secret_access_key = {PROFILE_SECRET}\n")
+    config.write_text(
+        "[profile research]\nregion = us-east-1\n\n"
+        "[profile runs-role]\nrole_arn = arn:aws:iam::123456789012:role/brainjepa-runs\n"
+        "source_profile = research\nregion = us-east-1\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
-    env.update(AWS_SHARED_CREDENTIALS_FILE=str(credentials), AWS_CONFIG_FILE=str(config),
-               AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(credentials), AWS_CONFIG_FILE=str(config), AWS_EC2_METADATA_DISABLED="true"
+    )
     for key in KEY_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED"):

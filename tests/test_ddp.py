@@ -32,8 +32,18 @@ def test_gradient_accumulation_syncs_once_per_step(tmp_path) -> None:
         ddp.register_comm_hook(None, counting_hook)
         engine = PretrainEngine(model, OptimConfig(accumulation_steps=3), total_steps=4, student=ddp)
         cohort = synthetic_cohort(6, 12, n_frames=50, seed=0)
-        sampler = iter(ScanSampler(cohort.series, cohort.tr, robust_stats(cohort.series), cfg, MaskConfig(),
-                                   batch_size=2, target_tr=2.0, seed=0))
+        sampler = iter(
+            ScanSampler(
+                cohort.series,
+                cohort.tr,
+                robust_stats(cohort.series),
+                cfg,
+                MaskConfig(),
+                batch_size=2,
+                target_tr=2.0,
+                seed=0,
+            )
+        )
         for step in range(2):
             before = len(calls)
             metrics = engine.train_step([next(sampler) for _ in range(3)])

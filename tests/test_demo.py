@@ -14,16 +14,24 @@ STEPS = ["synthesise", "ingest", "brain gradients", "pretrain", "evaluate on cou
 
 def test_demo_runs_end_to_end_and_reuses_finished_steps(tmp_path, capsys) -> None:
     out = tmp_path / "demo-output"
-    argv = ["demo", "--subjects", "10", "--minutes", "0.5", "--targets", "coupling", "--seeds", "2",
-            "--out", str(out)]
+    argv = ["demo", "--subjects", "10", "--minutes", "0.5", "--targets", "coupling", "--seeds", "2", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary) == len(STEPS) and all(r["name"].startswith(s) for r, s in zip(summary, STEPS))
     assert all(r["status"] == "done" for r in summary)
-    for name in ("masks.png", "gradients.png", "training_curves.png", "mlflow.db", "pretrain-config.yaml",
-                 "store/cohort/manifest.json", "store/gradients.npz", "evaluation/coupling/results.json",
-                 "evaluation/coupling/evaluation-coupling.png", "evaluation/coupling/table.txt"):
+    for name in (
+        "masks.png",
+        "gradients.png",
+        "training_curves.png",
+        "mlflow.db",
+        "pretrain-config.yaml",
+        "store/cohort/manifest.json",
+        "store/gradients.npz",
+        "evaluation/coupling/results.json",
+        "evaluation/coupling/evaluation-coupling.png",
+        "evaluation/coupling/table.txt",
+    ):
         assert (out / name).exists() and (out / name).stat().st_size > 0, name
     for row in STEPS:
         assert row in printed, row

@@ -12,13 +12,17 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from brainjepa.model import BrainEncoder, ModelConfig
-from brainjepa.preprocess import RobustStats, tiling_windows
+from brainjepa.preprocess import tiling_windows
 from brainjepa_platform.cli.main import main
-from brainjepa_platform.data.ingestion import read_manifest, shard_locations
+from brainjepa_platform.data.ingestion import shard_locations
+from brainjepa_platform.data.manifest import read_manifest
 from brainjepa_platform.data.synth import SynthOptions, write_parquet
-from brainjepa_platform.evaluate.embed import embed_dataset, read_embeddings
+from brainjepa_platform.evaluate.embed import embed_dataset, random_encoder_bundle, read_embeddings
+from brainjepa_platform.evaluate.probe import linear_probe
 from brainjepa_platform.evaluate.run import FC, MODEL, RANDOM
-from brainjepa_platform.tracking.registry import ensure_experiment, load_encoder, log_encoder
+from brainjepa_platform.evaluate.splits import subject_split
+from brainjepa_platform.tracking.registry import load_encoder, log_encoder
+from brainjepa_platform.tracking.store import ensure_experiment
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 TARGET_TR = 2.0
@@ -42,8 +46,17 @@ def registered(cohort: str, tmp_path_factory) -> str:
     encoder = BrainEncoder(cfg, torch.from_numpy(gradients))
     mlflow.set_tracking_uri(tracking)
     with mlflow.start_run(experiment_id=ensure_experiment("evaluate", tracking)):  # not an earlier test's experiment
-        log_encoder(encoder.state_dict(), cfg, gradients, manifest["robust_stats"], manifest["atlas"]["roi_labels"],
-                    manifest["atlas"]["name"], registered_name="eval-encoder", alias="current", target_tr=TARGET_TR)
+        log_encoder(
+            encoder.state_dict(),
+            cfg,
+            gradients,
+            manifest.stats(),
+            list(manifest.atlas.roi_labels),
+            manifest.atlas.name,
+            registered_name="eval-encoder",
+            alias="current",
+            target_tr=TARGET_TR,
+        )
     return tracking
 
 
@@ -57,26 +70,27 @@ def first_scan(uri: str) -> tuple[str, np.ndarray, float]:
 def test_embed_cli_writes_every_scan_matching_a_direct_computation(cohort, registered, tmp_path) -> None:
     mlflow.set_tracking_uri(registered)
     out = tmp_path / "emb"
-    assert main(["embed", "--model", "models:/eval-encoder@current", "--data", cohort, "--out", str(out),
-                 "--per-roi"]) == 0
+    assert (
+        main(["embed", "--model", "models:/eval-encoder@current", "--data", cohort, "--out", str(out), "--per-roi"])
+        == 0
+    )
     table = read_embeddings(str(out))
     meta = json.loads((out / "embeddings.json").read_text())
-    n_scans = read_manifest(cohort)["counts"]["scans"]
+    n_scans = read_manifest(cohort).counts.scans
     assert len(table) == meta["scans"] == n_scans and meta["dim"] == 64 and not meta["skipped"]
     assert list(table["scan_id"]) == sorted(table["scan_id"])
     assert {"age", "sex", "coupling", "subject"} <= set(table.columns)
     # the first scan by hand: tiling windows at the model's TR, the dataset's scaling, mean over windows and tokens
     bundle = load_encoder("models:/eval-encoder@current")
     scan_id, series, tr = first_scan(cohort)
-    stats = RobustStats.from_dict(read_manifest(cohort)["robust_stats"])
+    stats = read_manifest(cohort).stats()
     windows = np.stack([stats.scale(w) for w in tiling_windows(series, tr, TARGET_TR, 32)])
     with torch.no_grad():
         tokens = bundle.encoder(torch.from_numpy(windows)).numpy()
     row = table.set_index("scan_id").loc[scan_id]
     np.testing.assert_allclose(np.asarray(row["embedding"]), tokens.mean(axis=(0, 1)), rtol=1e-4, atol=1e-5)
     per_roi = np.asarray(row["per_roi"]).reshape(24, 64)
-    np.testing.assert_allclose(per_roi, tokens.reshape(len(windows), 24, 4, 64).mean(axis=(0, 2)), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(per_roi, tokens.reshape(len(windows), 24, 4, 64).mean(axis=(0, 2)), rtol=1e-4, atol=1e-5)
 
 
 def test_embed_refuses_a_dataset_of_another_atlas(registered, tmp_path) -> None:
@@ -88,19 +102,69 @@ def test_embed_refuses_a_dataset_of_another_atlas(registered, tmp_path) -> None:
         embed_dataset(bundle, other)
 
 
+def hand_probes(cohort: str, bundle, seeds: int) -> dict[str, list[dict[str, float]]]:
+    """Per feature set and seed, the metrics of a linear probe of sex on the same subject split."""
+    emb = embed_dataset(bundle, cohort, target_tr=TARGET_TR)
+    random_emb = embed_dataset(random_encoder_bundle(bundle), cohort, target_tr=TARGET_TR)
+    series = all_series(cohort)
+    fc = []
+    for scan_id in emb.scan_ids:
+        r = np.corrcoef(series[scan_id])
+        fc.append(np.arctanh(r[np.triu_indices(len(r), k=1)]))
+    features = {MODEL: emb.features, RANDOM: random_emb.features, FC: np.asarray(fc, np.float32)}
+    y = emb.phenotypes["sex"].astype(str).to_numpy()
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in features}
+    for seed in range(seeds):
+        split = subject_split(emb.subjects, seed, (0.6, 0.2, 0.2), labels=y)
+        for name, x in features.items():
+            out[name].append(dict(linear_probe(x, y, "classification", split, seed).metrics))
+    return out
+
+
+def all_series(uri: str) -> dict[str, np.ndarray]:
+    loc, paths = shard_locations(uri)
+    return {
+        row["scan_id"]: np.asarray(row["series"], np.float64).reshape(row["n_rois"], -1)
+        for path in paths
+        for row in pq.read_table(path, filesystem=loc.fs, columns=["scan_id", "n_rois", "series"]).to_pylist()
+    }
+
+
 def test_evaluate_cli_compares_model_random_and_fc(cohort, registered, tmp_path) -> None:
     mlflow.set_tracking_uri(registered)
-    out = tmp_path / "evaluation"
-    code = main(["evaluate", "--model", "models:/eval-encoder@current", "--data", cohort, "--target", "sex",
-                 "--seeds", "2", "--out", str(out), f"tracking_uri={registered}"])
+    out, logged = tmp_path / "evaluation", f"sqlite:///{tmp_path / 'evaluations.db'}"
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "models:/eval-encoder@current",
+            "--data",
+            cohort,
+            "--target",
+            "sex",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            f"tracking_uri={logged}",
+        ]
+    )
     assert code == 0
+    assert mlflow.get_tracking_uri() == registered  # logged to its own store; the process's URI as it was
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == "classification" and results["features"] == [MODEL, RANDOM, FC]
     for name in (MODEL, RANDOM, FC):
         assert set(results["summary"][name]) == {"accuracy", "balanced_accuracy", "f1", "auroc"}
         assert len(results["per_seed"][name]) == 2
     assert (out / "evaluation-sex.png").stat().st_size > 0 and "balanced_accuracy" in (out / "table.txt").read_text()
-    client = MlflowClient(registered)
+    # each feature set's numbers are a probe on that feature set: the model's embeddings, a seed-0 random
+    # encoder's, and Fisher-z FC by hand (a swap of two feature sets would not match)
+    by_hand = hand_probes(cohort, load_encoder("models:/eval-encoder@current"), seeds=2)
+    for name in (MODEL, RANDOM, FC):
+        for seed, reported in enumerate(results["per_seed"][name]):
+            assert reported["metrics"] == pytest.approx(by_hand[name][seed], abs=1e-6), (name, seed)
+    assert by_hand[MODEL] != by_hand[RANDOM] and by_hand[MODEL] != by_hand[FC] and by_hand[RANDOM] != by_hand[FC]
+    client = MlflowClient(logged)
     runs = client.search_runs([client.get_experiment_by_name("brainjepa-evaluate").experiment_id])
     metrics = runs[0].data.metrics
     assert {f"{MODEL}.accuracy.mean", f"{RANDOM}.auroc.std", f"{FC}.f1.mean"} <= set(metrics)
@@ -109,8 +173,22 @@ def test_evaluate_cli_compares_model_random_and_fc(cohort, registered, tmp_path)
 
 def test_evaluate_unknown_target_names_the_columns(cohort, registered, tmp_path, capsys) -> None:
     mlflow.set_tracking_uri(registered)
-    code = main(["evaluate", "--model", "models:/eval-encoder@current", "--data", cohort, "--target", "iq",
-                 "--seeds", "1", "--out", str(tmp_path / "e"), f"tracking_uri={registered}"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "models:/eval-encoder@current",
+            "--data",
+            cohort,
+            "--target",
+            "iq",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "e"),
+            f"tracking_uri={registered}",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "'iq' is not a phenotype column" in err and "coupling" in err

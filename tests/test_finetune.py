@@ -21,15 +21,16 @@ from brainjepa_platform.evaluate.finetune import (
     finetune_probe,
     scan_mean,
 )
-from brainjepa_platform.evaluate.probe import SplitIndices, subject_split
-from brainjepa_platform.tracking.registry import EncoderBundle
+from brainjepa_platform.evaluate.splits import SplitIndices, subject_split
+from brainjepa_platform.tracking.bundle import EncoderBundle
 from brainjepa_platform.train.checkpoints import read_local_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+ON_RAY = pytest.mark.usefixtures("ray_cluster")  # (conftest marks these integration)
 
 N_ROIS, FRAMES, N_SCANS, PER_SCAN = 23, 48, 40, 2
-CFG = FinetuneConfig(lr=5e-3, min_lr=1e-5, layer_decay=0.75, weight_decay=0.05, epochs=5, batch_size=16,
-                     warmup_fraction=0.1)
+CFG = FinetuneConfig(
+    lr=5e-3, min_lr=1e-5, layer_decay=0.75, weight_decay=0.05, epochs=5, batch_size=16, warmup_fraction=0.1
+)
 
 
 def _bundle(seed: int = 0) -> EncoderBundle:
@@ -57,14 +58,16 @@ def _state(bundle: EncoderBundle) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in bundle.encoder.state_dict().items()}
 
 
+@ON_RAY
 def test_two_workers_learn_an_easy_task_and_leave_the_bundle_untouched(tmp_path: Path) -> None:
     bundle = _bundle()
     before = _state(bundle)
     y = np.array(["ctrl", "pat"])[np.arange(N_SCANS) % 2]
     windows, scan_index = _windows(3.0 * (y == "pat"), seed=1)
     split = subject_split(_subjects(), seed=0, labels=y)
-    run = finetune(bundle, windows, scan_index, y, "classification", split, CFG, num_workers=2,
-                   storage_path=str(tmp_path / "runs"))
+    run = finetune(
+        bundle, windows, scan_index, y, "classification", split, CFG, num_workers=2, storage_path=str(tmp_path / "runs")
+    )
     result = evaluate_run(run, windows, scan_index, y, split)
 
     assert result.metrics["accuracy"] > 0.8, result.metrics
@@ -86,12 +89,23 @@ def test_two_workers_learn_an_easy_task_and_leave_the_bundle_untouched(tmp_path:
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in state["model"].items())
 
 
+@ON_RAY
 def test_compare_finetune_regression_reports_original_units() -> None:
     """One worker (no DDP wrapper) and no storage_path (a temporary run folder), as ``evaluate`` calls it."""
     age = np.random.default_rng(2).uniform(20.0, 80.0, N_SCANS)
     windows, scan_index = _windows((age - 50.0) / 15.0, seed=3)
-    comparison = compare_finetune({"model": _bundle()}, windows, scan_index, _subjects(), age, "regression", [0],
-                                  (0.6, 0.2, 0.2), CFG, num_workers=1)
+    comparison = compare_finetune(
+        {"model": _bundle()},
+        windows,
+        scan_index,
+        _subjects(),
+        age,
+        "regression",
+        [0],
+        (0.6, 0.2, 0.2),
+        CFG,
+        num_workers=1,
+    )
 
     (result,) = comparison.results["model"]
     assert result.task == "regression" and result.param_name == "epochs"
@@ -117,9 +131,15 @@ def test_scan_mean_averages_windows_per_scan() -> None:
     np.testing.assert_allclose(scan_mean(np.array([1.0, 3.0, 5.0]), np.array([0, 0, 1]), 2), [2.0, 5.0])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("shape", "frames"), ("no_windows", "no windows"), ("one_class", "single class"), ("scan_range", "scan numbers"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("shape", "frames"),
+        ("no_windows", "no windows"),
+        ("one_class", "single class"),
+        ("scan_range", "scan numbers"),
+    ],
+)
 def test_bad_inputs_fail_before_training(case: str, message: str) -> None:
     y = np.array(["a", "b"] * 3)
     windows, scan_index = np.zeros((12, N_ROIS, FRAMES), np.float32), np.repeat(np.arange(6), 2)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,8 +29,8 @@ from brainjepa.gradients import (
 )
 from brainjepa.synthetic import synthetic_cohort
 from brainjepa_platform.data.gradient_artifacts import GradientsRequest, load_fc_matrix, plan_gradients, read_roi_labels
+from tests.manifests import small_manifest, write_manifest
 
-BRAINJEPA = shutil.which("brainjepa") or str(Path(sys.executable).parent / "brainjepa")
 NETWORKS7 = ["Vis", "SomMot", "DorsAttn", "SalVentAttn", "Limbic", "Cont", "Default"]
 
 
@@ -163,8 +161,12 @@ def test_artifact_load_names_the_file_on_bad_input(cohort_fc, tmp_path) -> None:
         np.savez(tmp_path / name, metadata=np.array(meta), **arrays)
         with pytest.raises(GradientArtifactError, match=rf"{name}.*{expected[name]}"):
             GradientArtifact.load(tmp_path / name)
-    np.savez(tmp_path / "pickled.npz", gradients=artifact.gradients, eigenvalues=artifact.eigenvalues,
-             metadata=np.array([artifact.metadata()], dtype=object))
+    np.savez(
+        tmp_path / "pickled.npz",
+        gradients=artifact.gradients,
+        eigenvalues=artifact.eigenvalues,
+        metadata=np.array([artifact.metadata()], dtype=object),
+    )
     with pytest.raises(GradientArtifactError, match="pickled.npz"):
         GradientArtifact.load(tmp_path / "pickled.npz")
 
@@ -204,17 +206,39 @@ def test_fc_file_checks(tmp_path) -> None:
         read_roi_labels(tmp_path / "lut.txt", 3)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BRAINJEPA, "gradients", *args], capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """`brainjepa gradients ARGS` in this process: exit status, stdout and stderr."""
+    from brainjepa_platform.cli.main import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(["gradients", *args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["brainjepa", "gradients", *args], code, out.out, out.err)
+
+    return run
 
 
-def test_gradients_command_end_to_end(cohort_fc, tmp_path) -> None:
+def test_gradients_command_end_to_end(run_cli, cohort_fc, tmp_path) -> None:
     fc, network = cohort_fc
     np.save(tmp_path / "fc.npy", fc)
     (tmp_path / "labels.txt").write_text("\n".join(schaefer_labels(network)) + "\n")
     out, png = tmp_path / "out" / "gradients.npz", tmp_path / "gradients.png"
-    done = run_cli(str(tmp_path / "fc.npy"), "--out", str(out), "--n-components", "8", "--labels",
-                   str(tmp_path / "labels.txt"), "--atlas", "synthetic-7net", "--plot", str(png), "--json")
+    done = run_cli(
+        str(tmp_path / "fc.npy"),
+        "--out",
+        str(out),
+        "--n-components",
+        "8",
+        "--labels",
+        str(tmp_path / "labels.txt"),
+        "--atlas",
+        "synthetic-7net",
+        "--plot",
+        str(png),
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["n_rois"] == 70 and len(summary["eigenvalues"]) == 8
@@ -225,8 +249,15 @@ def test_gradients_command_end_to_end(cohort_fc, tmp_path) -> None:
     assert artifact.provenance.source == (tmp_path / "fc.npy").as_uri()
     assert png.stat().st_size > 20_000
 
-    again = run_cli(f"file://{tmp_path / 'fc.npy'}", "--out", str(tmp_path / "aligned.npz"), "--n-components", "8",
-                    "--align-to", str(out))
+    again = run_cli(
+        f"file://{tmp_path / 'fc.npy'}",
+        "--out",
+        str(tmp_path / "aligned.npz"),
+        "--n-components",
+        "8",
+        "--align-to",
+        str(out),
+    )
     assert again.returncode == 0, again.stderr
     aligned = GradientArtifact.load(tmp_path / "aligned.npz")
     assert aligned.params.aligned_to == out.as_uri() and aligned.roi_labels == artifact.roi_labels
@@ -239,37 +270,34 @@ def test_gradients_command_end_to_end(cohort_fc, tmp_path) -> None:
 def test_default_number_of_gradients_follows_the_atlas() -> None:
     assert [default_components(r) for r in (2, 8, 24, 31, 400)] == [1, 7, 23, 30, 30]
     check_params(24, 23)
-    for bad, match in [((24, 24), "between 1 and R-1=23"), ((24, 3, "rbf"), "kernel"),
-                       ((24, 3, "cosine", 0.99), "sparsity"), ((24, 3, "cosine", 0.9, 2.0), "alpha")]:
+    for bad, match in [
+        ((24, 24), "between 1 and R-1=23"),
+        ((24, 3, "rbf"), "kernel"),
+        ((24, 3, "cosine", 0.99), "sparsity"),
+        ((24, 3, "cosine", 0.9, 2.0), "alpha"),
+    ]:
         with pytest.raises(ValueError, match=match):
             check_params(*bad)
-
-
-def write_manifest(folder: Path, n_rois: int) -> Path:
-    """A dataset folder holding only what planning reads from a manifest."""
-    folder.mkdir(parents=True)
-    atlas = {"name": "synthetic", "n_rois": n_rois, "roi_labels": [f"roi_{i}" for i in range(n_rois)]}
-    (folder / "manifest.json").write_text(json.dumps({"dataset": folder.name, "atlas": atlas}))
-    return folder
 
 
 def test_dataset_source_is_checked_before_any_ray_work(tmp_path, monkeypatch) -> None:
     """`brainjepa gradients data/cohort` on 24 ROIs: the default gives 23 gradients with a note; an explicit
     --n-components 30 fails at once, naming the dataset, without starting Ray."""
-    dataset = write_manifest(tmp_path / "cohort", 24)
+    dataset = write_manifest(tmp_path / "cohort", small_manifest(24))  # a dataset without shards
     monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     request = GradientsRequest(source=str(dataset), out=str(tmp_path / "g.npz"), params=GradientParams(30))
     with pytest.raises(ValueError, match=r"cohort: n_components=30 must be between 1 and R-1=23"):
         plan_gradients(request)
     auto = plan_gradients(replace(request, auto_components=True))
     assert auto.params.n_components == 23 and auto.n_rois == 24 and "at most 23" in auto.note
-    GradientArtifact(np.ones((24, 5)), np.ones(5), [f"roi_{i}" for i in range(24)], GradientParams(5),
-                     GradientProvenance()).save(tmp_path / "ref.npz")
+    GradientArtifact(
+        np.ones((24, 5)), np.ones(5), [f"roi_{i}" for i in range(24)], GradientParams(5), GradientProvenance()
+    ).save(tmp_path / "ref.npz")
     with pytest.raises(ValueError, match="--align-to"):  # a reference of another shape, also before Ray
         plan_gradients(replace(request, auto_components=True, align_to=str(tmp_path / "ref.npz")))
 
 
-def test_gradients_command_defaults_to_r_minus_one_components(tmp_path) -> None:
+def test_gradients_command_defaults_to_r_minus_one_components(run_cli, tmp_path) -> None:
     fc = group_fc(synthetic_cohort(3, 24, n_frames=120, seed=6).series)
     np.save(tmp_path / "fc.npy", fc)
     done = run_cli(str(tmp_path / "fc.npy"), "--out", str(tmp_path / "g.npz"))

@@ -124,8 +124,13 @@ def test_regression_predicts_in_original_units_and_resumes(tiny_cfg, tiny_gradie
         raw = model(x).squeeze(1)
     std = targets.std(unbiased=False)
     assert engine.predict(x) == pytest.approx((raw * std + 55.0).numpy(), rel=1e-5)
-    other = FinetuneEngine(_model(tiny_cfg, tiny_gradients, n_outputs=1, seed=1), FinetuneConfig(lr=1e-3),
-                           total_steps=5, task="regression", n_outputs=1)
+    other = FinetuneEngine(
+        _model(tiny_cfg, tiny_gradients, n_outputs=1, seed=1),
+        FinetuneConfig(lr=1e-3),
+        total_steps=5,
+        task="regression",
+        n_outputs=1,
+    )
     other.load_state_dict(engine.state_dict())
     assert other.step == 1 and other.predict(x) == pytest.approx(engine.predict(x), rel=1e-6)
 

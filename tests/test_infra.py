@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from brainjepa_platform.cli import submit as cli_submit
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 LAUNCHER = INFRA / "cluster" / "aws-gpu.yaml"
 KUBERAY = INFRA / "kuberay"
+KUBERAY_SCHEMA = ROOT / "tests" / "data" / "kuberay" / "ray.io-v1.schema.json"  # see its $comment
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 COMPOSE = INFRA / "services" / "docker-compose.yaml"
 IMAGE_CHECKOUT = "/home/ray/brainjepa"
@@ -74,8 +76,9 @@ def test_launcher_config_validates_against_rays_schema() -> None:
     gpu_types = {name: t for name, t in types.items() if t["resources"].get("GPU")}
     assert {t["node_config"]["InstanceType"] for t in gpu_types.values()} >= {"g5.2xlarge", "p4d.24xlarge"}
     assert all(t["min_workers"] == 0 for t in gpu_types.values())  # GPUs only while jobs need them
-    assert cfg["max_workers"] >= sum(t.get("max_workers", 0) for name, t in types.items()
-                                     if name != cfg["head_node_type"])
+    assert cfg["max_workers"] >= sum(
+        t.get("max_workers", 0) for name, t in types.items() if name != cfg["head_node_type"]
+    )
 
 
 def test_launcher_installs_the_checkout_and_starts_ray_with_token_auth() -> None:
@@ -89,14 +92,17 @@ def test_launcher_installs_the_checkout_and_starts_ray_with_token_auth() -> None
     assert {".git", ".venv", "runs", "mlruns", "*.db", ".env"} <= set(cfg["rsync_exclude"])
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda c: c.update(unknown_top_level_key=1),
-    lambda c: c["available_node_types"]["gpu_a10g"]["resources"].update(GPU="one"),
-    lambda c: c["available_node_types"]["gpu_a10g"].pop("node_config"),
-    lambda c: c.pop("provider"),
-    lambda c: c["docker"].update(imagee="typo"),
-    lambda c: c.update(setup_commands="pip install ."),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda c: c.update(unknown_top_level_key=1),
+        lambda c: c["available_node_types"]["gpu_a10g"]["resources"].update(GPU="one"),
+        lambda c: c["available_node_types"]["gpu_a10g"].pop("node_config"),
+        lambda c: c.pop("provider"),
+        lambda c: c["docker"].update(imagee="typo"),
+        lambda c: c.update(setup_commands="pip install ."),
+    ],
+)
 def test_broken_launcher_config_fails_the_schema(break_it) -> None:
     cfg = launcher()
     break_it(cfg)
@@ -120,6 +126,62 @@ def test_kuberay_manifests_parse_with_expected_kinds() -> None:
     assert kinds == ["ConfigMap", "RayCluster", "RayJob", "RayJob", "RayJob", "RayJob"]
     assert {doc["apiVersion"] for doc in of_kind("RayCluster") + of_kind("RayJob")} == {"ray.io/v1"}
     assert {job["metadata"]["name"] for job in of_kind("RayJob")} == {f"brainjepa-{k}" for k in JOB_KINDS}
+
+
+def kuberay_schema(kind: str) -> dict:
+    """The schema of one kind (RayCluster, RayJob, ConfigMap) from the checked-in ray.io/v1 subset."""
+    return {"$defs": json.loads(KUBERAY_SCHEMA.read_text())["$defs"], "$ref": f"#/$defs/{kind}"}
+
+
+def test_kuberay_manifests_validate_against_the_crd_schemas() -> None:
+    jsonschema.Draft202012Validator.check_schema(json.loads(KUBERAY_SCHEMA.read_text()))
+    for doc in manifests():
+        jsonschema.validate(doc, kuberay_schema(doc["kind"]), cls=jsonschema.Draft202012Validator)
+
+
+def _container(doc: dict) -> dict:
+    return doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "break_it"),
+    [
+        ("RayCluster", lambda d: d["spec"].update(workerGroupSpec=d["spec"].pop("workerGroupSpecs"))),  # a typo
+        ("RayCluster", lambda d: d["spec"]["workerGroupSpecs"][0].update(maxReplicas="8")),
+        ("RayCluster", lambda d: d["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0})),  # not "0"
+        ("RayCluster", lambda d: d["spec"]["workerGroupSpecs"][1].pop("groupName")),
+        ("RayCluster", lambda d: _container(d).pop("name")),
+        ("RayCluster", lambda d: _container(d).update(imagePullPolicy="Sometimes")),
+        ("RayCluster", lambda d: _container(d)["resources"]["limits"].update(memory="16GB")),
+        ("RayCluster", lambda d: _container(d)["env"][1]["valueFrom"]["secretKeyRef"].pop("key")),
+        ("RayCluster", lambda d: d["spec"]["autoscalerOptions"].update(upscalingMode="Eager")),
+        ("RayCluster", lambda d: d.update(apiVersion="ray.io/v1alpha1")),
+        ("RayJob", lambda d: d["spec"].update(entrypoint=["python", "jobs/pretrain.py"])),
+        ("RayJob", lambda d: d["spec"].update(shutdownAfterJobFinish=False)),  # a typo
+        ("RayJob", lambda d: d["spec"]["submitterPodTemplate"]["spec"].update(restartPolicy="Sometimes")),
+        ("RayJob", lambda d: d["spec"]["submitterPodTemplate"]["spec"].pop("containers")),
+    ],
+)
+def test_broken_kuberay_manifest_fails_the_schema(kind: str, break_it) -> None:
+    doc = copy.deepcopy(of_kind(kind)[0])
+    break_it(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, kuberay_schema(kind), cls=jsonschema.Draft202012Validator)
+
+
+def test_ray_autoscaler_reads_the_raycluster_as_intended() -> None:
+    """What Ray's KubeRay autoscaler derives from the RayCluster (its own reader, as on the cluster) is a valid
+    autoscaler config: a head without CPUs for tasks, GPU workers from 0 with their GPU, CPU workers without."""
+    (cluster,) = of_kind("RayCluster")
+    cluster = {**cluster, "metadata": {**cluster["metadata"], "namespace": "brainjepa"}}
+    cfg = _derive_autoscaling_config_from_ray_cr(copy.deepcopy(cluster))
+    jsonschema.validate(cfg, ray_schema())
+    types = cfg["available_node_types"]
+    assert set(types) == {"headgroup", "gpu", "cpu"}
+    assert types["headgroup"]["resources"]["CPU"] == 0 and "GPU" not in types["headgroup"]["resources"]
+    assert types["gpu"]["resources"]["GPU"] >= 1 and types["gpu"]["min_workers"] == 0 < types["gpu"]["max_workers"]
+    assert "GPU" not in types["cpu"]["resources"] and types["cpu"]["min_workers"] == 0
+    assert cfg["idle_timeout_minutes"] * 60 == cluster["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
 
 
 def test_raycluster_autoscales_gpu_workers_with_gpu_limits_and_shm() -> None:
@@ -148,9 +210,9 @@ def test_raycluster_autoscales_gpu_workers_with_gpu_limits_and_shm() -> None:
 
 def _auth_env_ok(env: list[dict]) -> bool:
     by_name = {e["name"]: e for e in env}
-    return (by_name["RAY_AUTH_MODE"].get("value") == "token"
-            and by_name["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "brainjepa-ray-token",
-                                                                            "key": "auth_token"})
+    return by_name["RAY_AUTH_MODE"].get("value") == "token" and by_name["RAY_AUTH_TOKEN"]["valueFrom"][
+        "secretKeyRef"
+    ] == {"name": "brainjepa-ray-token", "key": "auth_token"}
 
 
 def test_every_ray_container_gets_settings_secret_and_token_by_reference() -> None:
@@ -223,23 +285,49 @@ def test_submit_lines_in_the_docs_parse() -> None:
 # --- image -------------------------------------------------------------------------------------------------
 
 
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, as Docker reads them: comments dropped, continued lines joined."""
+    instructions, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.lstrip().startswith("#"):  # a comment inside a continued instruction
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        keyword, _, args = current.strip().partition(" ")
+        instructions.append((keyword.upper(), " ".join(args.split())))
+        current = ""
+    return instructions
+
+
 def test_dockerfile_runs_as_non_root_and_installs_the_pinned_project() -> None:
-    text = DOCKERFILE.read_text()
-    users = re.findall(r"^USER\s+(\S+)", text, re.M)
-    assert users and users[-1] not in ("root", "0") and "useradd" in text
-    assert re.search(r"^RUN pip install --no-deps /home/ray/brainjepa\b", text, re.M)  # the project itself
-    assert "pip install -r" in text and "tomllib" in text  # pinned dependencies from pyproject.toml
+    instructions = dockerfile_instructions()
+    of = {k: [a for i, a in instructions if i == k] for k in {i for i, _ in instructions}}
+    args = dict(a.split("=", 1) for a in of["ARG"])
+    assert of["USER"] and of["USER"][-1] not in ("root", "0")
+    assert [k for k, _ in instructions].index("USER") > max(i for i, (k, _) in enumerate(instructions) if k == "RUN")
+    assert any(shlex.split(a)[:2] == ["useradd", "--create-home"] for a in of["RUN"])
+    assert any(a.startswith("pip install --no-deps /home/ray/brainjepa ") for a in of["RUN"])  # the project itself
+    assert any("tomllib" in a and "pip install -r" in a for a in of["RUN"])  # pinned dependencies of pyproject
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     torch_pin = next(d for d in deps if d.startswith("torch=="))
-    assert f"ARG TORCH_VERSION={torch_pin.removeprefix('torch==')}" in text
-    assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", text, re.M)
-    assert re.search(rf"^WORKDIR {IMAGE_CHECKOUT}$", text, re.M)
-    assert "python:3.11" in text  # requires-python >= 3.11, same minor as the clients
+    assert args["TORCH_VERSION"] == torch_pin.removeprefix("torch==")
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["TORCH_INDEX_URL"])
+    assert any('--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in a for a in of["RUN"])
+    assert of["WORKDIR"] == [IMAGE_CHECKOUT]
+    assert of["FROM"] == ["${PYTHON_IMAGE}"]
+    assert args["PYTHON_IMAGE"].startswith("python:3.11")  # requires-python >= 3.11, same minor as the clients
 
 
 def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
-    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    patterns = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", "runs", "mlruns", "*.db", "demo-output", ".git", ".env"} <= patterns
     readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]
     for needed in ("pyproject.toml", readme, "brainjepa", "platform", "jobs", "configs"):
@@ -270,8 +358,11 @@ def test_mlflow_stack_uses_postgres_and_s3_and_binds_loopback() -> None:
 
 def test_mlflow_stack_credentials_come_from_an_untracked_env_file() -> None:
     text = COMPOSE.read_text()
-    example = dict(line.split("=", 1) for line in (INFRA / "services" / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (INFRA / "services" / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     for name in set(re.findall(r"\$\{(\w+)(?::?[-?][^}]*)?\}", text)):
         assert name in example, f"{name} is used by docker-compose.yaml but not in .env.example"
     for name, value in example.items():

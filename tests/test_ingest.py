@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,12 +19,13 @@ import pytest
 from nilearn.maskers import NiftiLabelsMasker
 
 from brainjepa_platform.data.extract import CleanConfig
-from brainjepa_platform.data.ingestion import IngestOptions, ingest, read_manifest, shard_locations
+from brainjepa_platform.data.ingestion import IngestOptions, ingest, shard_locations
+from brainjepa_platform.data.manifest import Counts, read_manifest
 from brainjepa_platform.data.sources import discover
 from brainjepa_platform.data.synth import SynthOptions, write_bids
 from brainjepa_platform.storage import StorageError, resolve
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+ON_RAY = pytest.mark.usefixtures("ray_cluster")  # (conftest marks these integration)
 
 
 def read_rows(uri: str) -> dict[str, dict]:
@@ -47,21 +48,38 @@ def masker_reference(atlas: str, bold: str) -> np.ndarray:
     return NiftiLabelsMasker(atlas, strategy="mean").fit_transform(bold).T
 
 
+@ON_RAY
 def test_bids_roundtrip_matches_nilearn(bids, tmp_path) -> None:
     out = str(tmp_path / "ds")
-    result = ingest(bids["source"], out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"],
-                                                       stats_frames_per_scan=10_000), progress=False)
+    result = ingest(
+        bids["source"],
+        out,
+        IngestOptions(atlas=bids["atlas"], labels=bids["labels"], stats_frames_per_scan=10_000),
+        progress=False,
+    )
     assert result.exit_code == 0 and not result.quarantined
     manifest = read_manifest(out)
     rows = read_rows(out)
     # sessions and runs discovered: subject 004 has two sessions, subject 005 two runs
-    assert set(rows) == {"sub-001_task-rest", "sub-002_task-rest", "sub-003_task-rest", "sub-004_ses-1_task-rest",
-                         "sub-004_ses-2_task-rest", "sub-005_task-rest_run-1", "sub-005_task-rest_run-2"}
-    assert manifest["counts"] == {"scans": 7, "subjects": 5, "quarantined": 0, "ignored": 0, "shards": 1,
-                                  "frames": sum(r["n_frames"] for r in rows.values())}
-    assert sum(e["scans"] for e in manifest["scan_lengths"]) == 7
-    assert manifest["atlas"]["decided_by"] == f"the atlas {bids['atlas']} and labels {bids['labels']}"
-    assert manifest["atlas"]["roi_labels"][0] == "7Networks_LH_Vis_1" and manifest["atlas"]["n_rois"] == 12
+    assert set(rows) == {
+        "sub-001_task-rest",
+        "sub-002_task-rest",
+        "sub-003_task-rest",
+        "sub-004_ses-1_task-rest",
+        "sub-004_ses-2_task-rest",
+        "sub-005_task-rest_run-1",
+        "sub-005_task-rest_run-2",
+    }
+    assert manifest.counts == Counts(
+        scans=7, subjects=5, quarantined=0, ignored=0, shards=1, frames=sum(r["n_frames"] for r in rows.values())
+    )
+    assert sum(e.scans for e in manifest.scan_lengths) == 7
+    assert manifest.atlas.decided_by == f"the atlas {bids['atlas']} and labels {bids['labels']}"
+    assert manifest.atlas.roi_labels[0] == "7Networks_LH_Vis_1" and manifest.atlas.n_rois == 12
+    # the typed manifest writes back exactly the file the ingest wrote
+    written = json.loads((Path(out) / "manifest.json").read_text())
+    assert manifest.to_json() == written and result.manifest.to_json() == written
+    assert list(manifest.to_json()) == list(written)  # same keys in the same order
     row = rows["sub-004_ses-2_task-rest"]
     assert row["session"] == "2" and row["subject"] == "004" and row["sex"] in ("M", "F") and row["age"] > 0
     bold = Path(bids["source"]) / "sub-004/ses-2/func/sub-004_ses-2_task-rest_bold.nii.gz"
@@ -71,24 +89,29 @@ def test_bids_roundtrip_matches_nilearn(bids, tmp_path) -> None:
     # robust statistics over the cohort (every frame sampled here) equal a direct computation
     everything = np.concatenate([r["series"] for r in rows.values()], axis=1)
     q25, med, q75 = np.percentile(everything, [25, 50, 75], axis=1)
-    np.testing.assert_allclose(manifest["robust_stats"]["median"], med, rtol=1e-5)
-    np.testing.assert_allclose(manifest["robust_stats"]["iqr"], q75 - q25, rtol=1e-5)
+    np.testing.assert_allclose(manifest.robust_stats.median, med, rtol=1e-5)
+    np.testing.assert_allclose(manifest.robust_stats.iqr, q75 - q25, rtol=1e-5)
 
 
+@ON_RAY
 def test_s3_to_s3_equals_local(bids, tmp_path, s3_endpoint) -> None:
     src = "s3://cohort-in/bids"
     write_bids(resolve(src), SynthOptions(subjects=5, rois=12, frames=(60, 90)))
     out = "s3://cohort-out/ingested"
-    result = ingest(src, out, IngestOptions(atlas=f"{src}/atlas/atlas.nii.gz", labels=f"{src}/atlas/labels.tsv",
-                                            scans_per_shard=3), progress=False)
-    assert result.manifest["counts"]["shards"] == 3  # 7 scans, 3 per shard
+    result = ingest(
+        src,
+        out,
+        IngestOptions(atlas=f"{src}/atlas/atlas.nii.gz", labels=f"{src}/atlas/labels.tsv", scans_per_shard=3),
+        progress=False,
+    )
+    assert result.manifest.counts.shards == 3  # 7 scans, 3 per shard
     local = str(tmp_path / "local")
     ingest(bids["source"], local, IngestOptions(atlas=bids["atlas"], labels=bids["labels"]), progress=False)
     remote_rows, local_rows = read_rows(out), read_rows(local)
     assert set(remote_rows) == set(local_rows)
     for k in local_rows:
         np.testing.assert_array_equal(remote_rows[k]["series"], local_rows[k]["series"])
-    manifest_text = json.dumps(read_manifest(out))
+    manifest_text = json.dumps(read_manifest(out).to_json())
     assert "testing-secret-do-not-log" not in manifest_text and "testing-key" not in manifest_text
 
 
@@ -100,6 +123,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, tr: float | N
     nib.save(img, path)
 
 
+@ON_RAY
 def test_bad_inputs_are_quarantined_and_the_rest_ingested(bids, tmp_path) -> None:
     src = tmp_path / "bad"
     func = src / "sub-good/func"
@@ -131,11 +155,20 @@ def test_bad_inputs_are_quarantined_and_the_rest_ingested(bids, tmp_path) -> Non
     shutil.copy(Path(bids["source"]) / "dataset_description.json", src)
 
     out = str(tmp_path / "ds")
-    result = ingest(str(src), out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=4),
-                    progress=False)
+    result = ingest(
+        str(src), out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=4), progress=False
+    )
     reasons = {q["scan_id"].split("_")[0]: q["reason"] for q in result.quarantined}
-    assert set(reasons) == {"sub-trunc", "sub-corrupt", "sub-threed", "sub-nan", "sub-const", "sub-short",
-                            "sub-notr", "sub-elsewhere"}
+    assert set(reasons) == {
+        "sub-trunc",
+        "sub-corrupt",
+        "sub-threed",
+        "sub-nan",
+        "sub-const",
+        "sub-short",
+        "sub-notr",
+        "sub-elsewhere",
+    }
     assert "truncated" in reasons["sub-trunc"] or "gzip" in reasons["sub-trunc"]
     assert "gzip" in reasons["sub-corrupt"]
     assert "4-D" in reasons["sub-threed"]
@@ -150,6 +183,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_ingested(bids, tmp_path) -> Non
     assert {q["path"] for q in report["quarantined"]} >= {str(src / "sub-nan/func/sub-nan_task-rest_bold.nii.gz")}
 
 
+@ON_RAY
 def test_roi_tables_and_wrong_shapes(tmp_path) -> None:
     src = tmp_path / "tables"
     src.mkdir()
@@ -158,8 +192,13 @@ def test_roi_tables_and_wrong_shapes(tmp_path) -> None:
     for i in range(3):
         x = rng.standard_normal((50, 6))  # time x ROIs with a label header (fMRIPrep/XCP-D style)
         np.savetxt(src / f"sub-{i}_timeseries.tsv", x, delimiter="\t", header=header, comments="")
-    np.savetxt(src / "sub-9_timeseries.tsv", rng.standard_normal((50, 5)), delimiter="\t",
-               header="\t".join(f"roi{i}" for i in range(5)), comments="")
+    np.savetxt(
+        src / "sub-9_timeseries.tsv",
+        rng.standard_normal((50, 5)),
+        delimiter="\t",
+        header="\t".join(f"roi{i}" for i in range(5)),
+        comments="",
+    )
     np.save(src / "sub-7.npy", rng.standard_normal((6, 40)))  # ROIs x time, orientation from the ROI count
     (src / "sub-7.json").write_text(json.dumps({"RepetitionTime": 0.72}))
     out = str(tmp_path / "ds")
@@ -169,7 +208,7 @@ def test_roi_tables_and_wrong_shapes(tmp_path) -> None:
     rows = read_rows(out)
     assert rows["sub-7"]["tr"] == 0.72 and rows["sub-0_timeseries"]["tr"] == 1.5
     assert rows["sub-7"]["series"].shape == (6, 40)
-    assert read_manifest(out)["atlas"]["roi_labels"] == [f"roi{i}" for i in range(6)]
+    assert read_manifest(out).atlas.roi_labels == tuple(f"roi{i}" for i in range(6))
 
 
 def _nitime_data() -> Path:
@@ -178,6 +217,7 @@ def _nitime_data() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data"
 
 
+@ON_RAY
 def test_real_fmri_from_nitime(tmp_path) -> None:
     """Two real 4-D BOLD runs and a real ROI time-series table shipped in the nitime wheel."""
     data = _nitime_data()
@@ -196,8 +236,9 @@ def test_real_fmri_from_nitime(tmp_path) -> None:
     rows = read_rows(out)
     assert rows["sub-01_task-rest"]["tr"] == pytest.approx(1.35)  # from the NIfTI header
     for r in rows.values():
-        np.testing.assert_allclose(r["series"], masker_reference(str(tmp_path / "atlas.nii.gz"), r["source"]),
-                                   atol=1e-5, rtol=1e-6)
+        np.testing.assert_allclose(
+            r["series"], masker_reference(str(tmp_path / "atlas.nii.gz"), r["source"]), atol=1e-5, rtol=1e-6
+        )
 
     table_dir = tmp_path / "table"
     table_dir.mkdir()
@@ -209,15 +250,31 @@ def test_real_fmri_from_nitime(tmp_path) -> None:
 
     csv = pd.read_csv(data / "fmri_timeseries.csv")
     np.testing.assert_allclose(row["series"], csv.to_numpy().T, rtol=1e-6)
-    assert read_manifest(out2)["atlas"]["roi_labels"][:3] == ["WM", "Vent", "Brain"]
+    assert read_manifest(out2).atlas.roi_labels[:3] == ("WM", "Vent", "Brain")
 
 
-def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
+def test_killed_run_resumes_without_duplicates(ray_cluster: str, tmp_path) -> None:
+    """The command killed part-way (SIGKILL: a real process), then rerun; both runs join the session's cluster."""
     src = write_bids(resolve(tmp_path / "bids"), SynthOptions(subjects=24, rois=8, frames=(40, 60)))
     out = tmp_path / "ds"
-    cmd = [str(Path(sys.executable).parent / "brainjepa"), "ingest", src["source"], "--atlas", src["atlas"],
-           "--labels", src["labels"], "--out", str(out), "--scans-per-shard", "1", "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        str(Path(sys.executable).parent / "brainjepa"),
+        "ingest",
+        src["source"],
+        "--atlas",
+        src["atlas"],
+        "--labels",
+        src["labels"],
+        "--out",
+        str(out),
+        "--scans-per-shard",
+        "1",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     receipts = out / "_ingest" / "receipts"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(receipts.glob("*.json"))) < 3:
@@ -234,14 +291,15 @@ def test_killed_run_resumes_without_duplicates(tmp_path) -> None:
     total = len(discover(resolve(src["source"]), "bids"))
     assert 3 <= done_before < total, "the run should have been killed part-way"
     assert not (out / "manifest.json").exists()
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     # only the unfinished chunks ran again
     assert f"{total - done_before} chunks run, {done_before} already done" in result.stdout
     rows = read_rows(str(out))  # asserts no duplicates
-    assert len(rows) == total and read_manifest(str(out))["counts"]["scans"] == total
+    assert len(rows) == total and read_manifest(str(out)).counts.scans == total
 
 
+@ON_RAY
 def test_unreachable_object_store_fails_clearly(tmp_path, monkeypatch) -> None:
     from tests.conftest import free_port
 
@@ -250,9 +308,12 @@ def test_unreachable_object_store_fails_clearly(tmp_path, monkeypatch) -> None:
     table_dir.mkdir()
     np.save(table_dir / "a.npy", np.random.default_rng(0).standard_normal((4, 30)))
     with pytest.raises(StorageError, match=r"nowhere.*attempts.*reachable"):
-        ingest(str(table_dir), "s3://nowhere/ds", IngestOptions(tr=1.0, orientation="rois-by-time", write_attempts=2,
-                                                                  retry_delay=0.1),
-               progress=False)
+        ingest(
+            str(table_dir),
+            "s3://nowhere/ds",
+            IngestOptions(tr=1.0, orientation="rois-by-time", write_attempts=2, retry_delay=0.1),
+            progress=False,
+        )
 
 
 def test_read_manifest_of_unfinished_dataset(tmp_path) -> None:
@@ -265,13 +326,20 @@ def test_gzip_stream_reader_equals_nibabel(bids) -> None:
 
     atlas = load_atlas(Path(bids["atlas"]).read_bytes(), "atlas", Path(bids["labels"]).read_text())
     bold = Path(bids["source"]) / "sub-002/func/sub-002_task-rest_bold.nii.gz"
-    series, tr = LabelExtractor(atlas, block_volumes=7).extract(bold.read_bytes())
+    series, tr = LabelExtractor(atlas, block_volumes=7).extract(bold.read_bytes())  # blocks that do not divide T
     uncompressed, _ = LabelExtractor(atlas).extract(gzip.decompress(bold.read_bytes()))
     np.testing.assert_array_equal(series, uncompressed)
-    assert tr == pytest.approx(nib.load(bold).header.get_zooms()[3])
-    assert io is not None
+    # the reference: nibabel loads the whole image, and each ROI is the mean of its label's voxels
+    image, labels = nib.load(bold), np.asarray(nib.load(bids["atlas"]).dataobj)
+    assert image.shape[:3] == labels.shape  # same grid: no resampling in the reference either
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    expected = np.stack([data[labels == value].mean(axis=0) for value in atlas.values])
+    assert series.shape == expected.shape == (len(atlas.values), image.shape[3])
+    np.testing.assert_allclose(series, expected, rtol=1e-5, atol=1e-5)
+    assert tr == pytest.approx(image.header.get_zooms()[3])
 
 
+@ON_RAY
 def test_confound_regression_and_float16(bids, tmp_path) -> None:
     """fMRIPrep confounds next to the BOLD are regressed out with nilearn.signal.clean; float16 storage."""
     import pandas as pd
@@ -285,8 +353,12 @@ def test_confound_regression_and_float16(bids, tmp_path) -> None:
     confounds = pd.DataFrame({"global_signal": rng.standard_normal(n_frames), "csf": rng.standard_normal(n_frames)})
     confounds.to_csv(src / "sub-001/func/sub-001_task-rest_desc-confounds_timeseries.tsv", sep="\t", index=False)
     out = str(tmp_path / "ds")
-    opts = IngestOptions(atlas=str(src / "atlas/atlas.nii.gz"), labels=str(src / "atlas/labels.tsv"), float16=True,
-                         clean=CleanConfig(detrend=True, confound_columns=("global_signal", "csf")))
+    opts = IngestOptions(
+        atlas=str(src / "atlas/atlas.nii.gz"),
+        labels=str(src / "atlas/labels.tsv"),
+        float16=True,
+        clean=CleanConfig(detrend=True, confound_columns=("global_signal", "csf")),
+    )
     result = ingest(str(src), out, opts, progress=False)
     # only sub-001 has a confounds file: the others are quarantined with a clear reason
     assert {q["scan_id"] for q in result.quarantined} == {s for s in read_rows_ids(bids) if s != "sub-001_task-rest"}
@@ -303,6 +375,7 @@ def read_rows_ids(bids: dict[str, str]) -> set[str]:
     return {s.scan_id for s in discover(resolve(bids["source"]), "bids")}
 
 
+@ON_RAY
 def test_streamed_group_fc_and_gradients_from_dataset(bids, tmp_path) -> None:
     """Group FC streamed over the dataset equals an in-memory computation; `gradients` takes a dataset."""
     from brainjepa.gradients import GradientArtifact, GradientParams, group_fc
@@ -310,14 +383,19 @@ def test_streamed_group_fc_and_gradients_from_dataset(bids, tmp_path) -> None:
     from brainjepa_platform.data.gradient_artifacts import GradientsRequest, run_gradients
 
     out = str(tmp_path / "ds")
-    ingest(bids["source"], out, IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=2),
-           progress=False)
+    ingest(
+        bids["source"],
+        out,
+        IngestOptions(atlas=bids["atlas"], labels=bids["labels"], scans_per_shard=2),
+        progress=False,
+    )
     rows = read_rows(out)
     fc, n = dataset_group_fc(out)
     assert n == len(rows)
     np.testing.assert_allclose(fc, group_fc([r["series"] for r in rows.values()]), atol=1e-6)
-    summary = run_gradients(GradientsRequest(source=out, out=str(tmp_path / "g.npz"),
-                                             params=GradientParams(n_components=4)))
+    summary = run_gradients(
+        GradientsRequest(source=out, out=str(tmp_path / "g.npz"), params=GradientParams(n_components=4))
+    )
     artifact = GradientArtifact.load(summary["artifact"])
-    assert artifact.roi_labels == read_manifest(out)["atlas"]["roi_labels"]
+    assert list(artifact.roi_labels) == list(read_manifest(out).atlas.roi_labels)
     assert artifact.provenance.n_scans == len(rows) and artifact.gradients.shape == (12, 4)

@@ -15,7 +15,8 @@ import pytest
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
 from brainjepa_platform.cli.main import main
-from brainjepa_platform.data.ingestion import IngestOptions, ingest, output_generation, read_manifest
+from brainjepa_platform.data.ingestion import IngestOptions, ingest, output_generation
+from brainjepa_platform.data.manifest import Manifest, read_manifest
 from brainjepa_platform.data.outputs import OutputExistsError
 from brainjepa_platform.data.sources import discover_inputs, entities
 from brainjepa_platform.data.windows import StreamSpec, sample_windows
@@ -29,14 +30,19 @@ RNG = np.random.default_rng(0)
 def write_table(folder: Path, name: str, frames: int, rois: int, tr: float | None = None) -> None:
     """A time x ROIs TSV with a header of labels (fMRIPrep/XCP-D style), and a sidecar TR if given."""
     folder.mkdir(parents=True, exist_ok=True)
-    np.savetxt(folder / f"{name}.tsv", RNG.standard_normal((frames, rois)), delimiter="\t",
-               header="\t".join(f"roi{i}" for i in range(rois)), comments="")
+    np.savetxt(
+        folder / f"{name}.tsv",
+        RNG.standard_normal((frames, rois)),
+        delimiter="\t",
+        header="\t".join(f"roi{i}" for i in range(rois)),
+        comments="",
+    )
     if tr is not None:
         (folder / f"{name}.json").write_text(json.dumps({"RepetitionTime": tr}))
 
 
 # --- item 1: scans of equal duration at different TRs ------------------------------------------------------
-def test_mixed_tr_cohort_is_checked_per_scan(ray_cluster, tmp_path, capsys) -> None:
+def test_mixed_tr_cohort_is_checked_per_scan(ray_cluster, tmp_path, caplog) -> None:
     src = tmp_path / "tables"
     write_table(src, "sub-hcp", 150, 6, tr=0.72)  # 108 s
     write_table(src, "sub-abide", 54, 6, tr=2.0)  # 108 s
@@ -44,17 +50,18 @@ def test_mixed_tr_cohort_is_checked_per_scan(ray_cluster, tmp_path, capsys) -> N
     out = str(tmp_path / "ds")
     ingest(str(src), out, IngestOptions(), progress=False)
     manifest = read_manifest(out)
-    assert sum(e["scans"] for e in manifest["scan_lengths"]) == 3
+    assert sum(e.scans for e in manifest.scan_lengths) == 3
     data = DataConfig(target_tr=2.0)
     model = ModelConfig(size="tiny", n_rois=6, frames=48, patch=8, n_gradients=5)  # a 94 s window
     fit = check_dataset(out, manifest, model, data)
     assert (fit.scans, fit.usable) == (3, 2)
-    assert "1 of the 3 scans" in capsys.readouterr().err
+    assert any(r.levelname == "WARNING" and "1 of the 3 scans" in r.getMessage() for r in caplog.records)
     long_model = ModelConfig(size="tiny", n_rois=6, frames=64, patch=8, n_gradients=5)  # 126 s
     with pytest.raises(ValueError, match=r"none of its 3 scans.*longest spans 107s"):
         check_dataset(out, manifest, long_model, data)
     # a manifest written before per-scan lengths were recorded: refused only when no scan can fit
-    old = {k: v for k, v in manifest.items() if k != "scan_lengths"}
+    old = Manifest.from_json({k: v for k, v in manifest.to_json().items() if k != "scan_lengths"}, "old.json")
+    assert old.scan_lengths is None and "scan_lengths" not in old.to_json()
     assert check_dataset(out, old, model, data).usable is None
     huge_model = ModelConfig(size="tiny", n_rois=6, frames=160, patch=8, n_gradients=5)  # 318 s > 149 x 2.0 s
     with pytest.raises(ValueError, match="none of its 3 scans"):
@@ -63,8 +70,13 @@ def test_mixed_tr_cohort_is_checked_per_scan(ray_cluster, tmp_path, capsys) -> N
 
 def test_window_sampler_skips_scans_shorter_than_the_window() -> None:
     long, short = np.arange(2 * 150, dtype=np.float32), np.arange(2 * 30, dtype=np.float32)
-    batch = {"subject": np.array(["a", "b"]), "tr": np.array([0.72, 2.0]), "n_rois": np.array([2, 2]),
-             "n_frames": np.array([150, 30]), "series": np.array([long, short], dtype=object)}
+    batch = {
+        "subject": np.array(["a", "b"]),
+        "tr": np.array([0.72, 2.0]),
+        "n_rois": np.array([2, 2]),
+        "n_frames": np.array([150, 30]),
+        "series": np.array([long, short], dtype=object),
+    }
     spec = StreamSpec(2, 48, 2.0, RobustStats(np.zeros(2), np.ones(2)), False, 0.0, 0, windows_per_scan=3)
     assert sample_windows(batch, spec)["series"].shape == (3, 2, 48)
 
@@ -80,8 +92,8 @@ def test_odd_roi_table_is_quarantined_not_the_majority(ray_cluster, tmp_path, ca
     out = str(tmp_path / "ds")
     assert main(["ingest", str(src), "--out", out, "--tr", "1.0", "--quiet"]) == 3
     manifest = read_manifest(out)
-    assert manifest["atlas"]["n_rois"] == 94 and manifest["counts"]["scans"] == 3
-    assert "majority" in manifest["atlas"]["decided_by"]
+    assert manifest.atlas.n_rois == 94 and manifest.counts.scans == 3
+    assert "majority" in manifest.atlas.decided_by
     report = json.loads(Path(out, "quarantine.json").read_text())["quarantined"]
     assert sorted(q["scan_id"] for q in report) == ["a-odd", "sub-dup", "sub-dup"]
     assert "90 ROIs" in next(q["reason"] for q in report if q["scan_id"] == "a-odd")
@@ -100,27 +112,47 @@ def test_odd_roi_table_is_quarantined_not_the_majority(ray_cluster, tmp_path, ca
 # --- item 3: every BIDS entity, each file its own scan --------------------------------------------------------
 def test_bids_entities_keep_every_file_as_a_scan(tmp_path) -> None:
     assert entities("sub-01_ses-2_task-rest_acq-mb_echo-1_foo-bar_space-MNI_desc-preproc_bold.nii.gz") == {
-        "sub": "01", "ses": "2", "task": "rest", "acq": "mb", "echo": "1", "space": "MNI", "desc": "preproc",
-        "foo": "bar"}
+        "sub": "01",
+        "ses": "2",
+        "task": "rest",
+        "acq": "mb",
+        "echo": "1",
+        "space": "MNI",
+        "desc": "preproc",
+        "foo": "bar",
+    }
     (tmp_path / "dataset_description.json").write_text("{}")
     func = tmp_path / "sub-01" / "func"
     func.mkdir(parents=True)
-    names = ["sub-01_task-rest_acq-mb_run-1_bold.nii.gz", "sub-01_task-rest_acq-sb_run-1_bold.nii.gz",
-             "sub-01_task-rest_run-1_echo-1_bold.nii.gz", "sub-01_task-rest_run-1_echo-2_bold.nii.gz",
-             # fMRIPrep: desc-preproc supersedes the other descs of its run (listed as ignored)
-             "sub-01_task-rest_run-2_space-MNI_desc-preproc_bold.nii.gz",
-             "sub-01_task-rest_run-2_space-MNI_desc-smoothAROMAnonaggr_bold.nii.gz",
-             # the same entities twice: a genuine duplicate, both quarantined
-             "sub-01_task-rest_run-3_bold.nii", "sub-01_task-rest_run-3_bold.nii.gz"]
+    names = [
+        "sub-01_task-rest_acq-mb_run-1_bold.nii.gz",
+        "sub-01_task-rest_acq-sb_run-1_bold.nii.gz",
+        "sub-01_task-rest_run-1_echo-1_bold.nii.gz",
+        "sub-01_task-rest_run-1_echo-2_bold.nii.gz",
+        # fMRIPrep: desc-preproc supersedes the other descs of its run (listed as ignored)
+        "sub-01_task-rest_run-2_space-MNI_desc-preproc_bold.nii.gz",
+        "sub-01_task-rest_run-2_space-MNI_desc-smoothAROMAnonaggr_bold.nii.gz",
+        # the same entities twice: a genuine duplicate, both quarantined
+        "sub-01_task-rest_run-3_bold.nii",
+        "sub-01_task-rest_run-3_bold.nii.gz",
+    ]
     for name in names:
         (func / name).write_bytes(b"")
     (func / "sub-01_task-rest_run-1_desc-confounds_timeseries.tsv").write_text("a\n1\n")
     found = discover_inputs(resolve(tmp_path), "auto", tr=2.0)
     ids = [s.scan_id for s in found.specs]
-    assert ids == ["sub-01_task-rest_acq-mb_run-1", "sub-01_task-rest_acq-sb_run-1", "sub-01_task-rest_run-1_echo-1",
-                   "sub-01_task-rest_run-1_echo-2", "sub-01_task-rest_run-2_space-MNI"]
-    assert all(s.confounds and s.confounds.endswith("run-1_desc-confounds_timeseries.tsv")
-               for s in found.specs if "echo" in s.scan_id)
+    assert ids == [
+        "sub-01_task-rest_acq-mb_run-1",
+        "sub-01_task-rest_acq-sb_run-1",
+        "sub-01_task-rest_run-1_echo-1",
+        "sub-01_task-rest_run-1_echo-2",
+        "sub-01_task-rest_run-2_space-MNI",
+    ]
+    assert all(
+        s.confounds and s.confounds.endswith("run-1_desc-confounds_timeseries.tsv")
+        for s in found.specs
+        if "echo" in s.scan_id
+    )
     assert [q["path"].rsplit("/", 1)[-1] for q in found.ignored] == [names[5]]
     assert sorted(q["path"].rsplit("/", 1)[-1] for q in found.quarantined) == sorted(names[6:])
     assert all("duplicate scan" in q["reason"] for q in found.quarantined)
@@ -147,7 +179,7 @@ def test_ingest_refuses_to_overwrite_and_replaces_with_overwrite(ray_cluster, s3
     opts = IngestOptions(tr=1.0, scans_per_shard=1)
     first = ingest(str(src), out, opts, progress=False)
     old_shards = _files(out, "data")
-    assert len(old_shards) == 3 and first.manifest["generation"] == ""
+    assert len(old_shards) == 3 and first.manifest.generation == ""
     with pytest.raises(OutputExistsError, match=rf"{out}.*already holds an ingested dataset.*--overwrite"):
         ingest(str(src), out, opts, progress=False)
     # an unfinished ingest (no manifest yet) of the same command resumes without --overwrite
@@ -160,8 +192,8 @@ def test_ingest_refuses_to_overwrite_and_replaces_with_overwrite(ray_cluster, s3
     opts.overwrite = True
     replaced = ingest(str(src), out, opts, progress=False)
     manifest = read_manifest(out)
-    assert replaced.chunks_run == 3 and manifest["generation"]
-    assert _files(out, "data") == {s["path"].rsplit("/", 1)[-1] for s in manifest["shards"]}
+    assert replaced.chunks_run == 3 and manifest.generation
+    assert _files(out, "data") == {s.path.rsplit("/", 1)[-1] for s in manifest.shards}
     assert not _files(out, "data") & old_shards
     assert len(_files(out, "_ingest")) == 6  # a receipt and a statistics sample per chunk, nothing pending
 

@@ -31,8 +31,19 @@ def test_model_library_imports_no_platform_packages() -> None:
 
 # The data path, bottom to top: a package may import its own layer and the layers below it, never above.
 LAYERS = {
-    "storage": 0, "credentials": 0, "errors": 0, "plots": 0, "cluster": 0,
-    "data": 1, "train": 2, "tracking": 3, "evaluate": 4, "sweep": 5, "cli": 6,
+    "storage": 0,
+    "credentials": 0,
+    "errors": 0,
+    "plots": 0,
+    "cluster": 0,
+    "config_files": 0,
+    "tables": 0,
+    "data": 1,
+    "train": 2,
+    "tracking": 3,
+    "evaluate": 4,
+    "sweep": 5,
+    "cli": 6,
 }
 
 
@@ -74,7 +85,25 @@ def test_every_platform_package_is_declared() -> None:
     """A non-editable install (the Docker image) ships exactly the packages pyproject.toml lists."""
     import tomllib
 
-    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(setuptools["packages"])
     on_disk = {"brainjepa", "brainjepa_platform"} | {
-        "brainjepa_platform." + p.parent.name for p in (ROOT / "platform").glob("*/__init__.py")}
+        "brainjepa_platform." + p.parent.name for p in (ROOT / "platform").glob("*/__init__.py")
+    }
+    on_disk |= {name for name, folder in setuptools["package-dir"].items() if (ROOT / folder / "__init__.py").exists()}
+    assert "brainjepa_platform.configs" in on_disk  # configs/, installed with its YAML files as package data
     assert on_disk <= declared, f"not in pyproject.toml's packages: {sorted(on_disk - declared)}"
+    assert "**/*.yaml" in setuptools["package-data"]["brainjepa_platform.configs"]
+
+
+def test_bundle_and_embedding_code_do_not_import_mlflow() -> None:
+    """Ray Data actors embed with the encoder bundle: importing it (or the embedding module) leaves MLflow out."""
+    modules = [
+        "brainjepa_platform.tracking.bundle",
+        "brainjepa_platform.tracking.names",
+        "brainjepa_platform.evaluate.embed",
+    ]
+    for module in modules:  # one fresh interpreter each: one module importing mlflow must not hide another
+        code = f"import sys, {module}\nprint('mlflow' in sys.modules)\n"
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "False", f"importing {module} imported mlflow"

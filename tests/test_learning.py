@@ -162,6 +162,7 @@ def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None
     assert not torch.allclose(updated[0.0], updated[1.0])
 
 
+@pytest.mark.slow
 def test_copy_task_is_learned_with_qk_norm_and_fan_in_init() -> None:
     """The architecture can route information from its context (docs/learning.md, copy table).
 

@@ -18,8 +18,8 @@ from brainjepa_platform.evaluate.probe import (
     fc_features,
     infer_task,
     linear_probe,
-    subject_split,
 )
+from brainjepa_platform.evaluate.splits import subject_split
 
 
 @pytest.fixture(autouse=True)

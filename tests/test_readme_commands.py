@@ -1,8 +1,9 @@
-"""The README's commands, run on the README's own example data (16 synthetic subjects, 24 ROIs).
+"""The commands of the README and the guides, run on the README's own example data (16 synthetic subjects, 24 ROIs).
 
-README.md marks its command blocks with an HTML comment on the line before the fence:
+README.md, then each guide of docs/ (in name order), marks its command blocks with an HTML comment on the
+line before the fence:
 
-* ``<!-- runnable -->``: run, in README order, in one temporary folder (a checkout's ``configs/`` linked
+* ``<!-- runnable -->``: run, in that order, in one temporary folder (a checkout's ``configs/`` linked
   in), through ``brainjepa_platform.cli.main.main`` on the session's Ray cluster; each must exit 0.
 * ``<!-- runnable: dry -->``: minutes of training each, so here their arguments are parsed and their
   inputs checked against the data the runnable blocks made (configs load, datasets exist, gradient
@@ -36,6 +37,8 @@ FULL = os.environ.get("BRAINJEPA_README_FULL", "") not in ("", "0")
 class Block:
     mode: str
     """run, dry or dry-only"""
+    source: str
+    """README.md or docs/<guide>.md"""
     line: int
     commands: list[list[str]]
 
@@ -46,25 +49,36 @@ def shell_commands(text: str) -> list[list[str]]:
     return [argv for argv in argvs if argv]
 
 
+def documents() -> list[Path]:
+    """README.md first (its quickstart makes the data), then the guides."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_blocks() -> list[Block]:
-    text = (REPO / "README.md").read_text()
-    return [Block(m.group(1) or "run", text.count("\n", 0, m.start()) + 1, shell_commands(m.group(2)))
-            for m in BLOCK.finditer(text)]
+    blocks = []
+    for path in documents():
+        text = path.read_text()
+        source = path.relative_to(REPO).as_posix()
+        blocks += [
+            Block(m.group(1) or "run", source, text.count("\n", 0, m.start()) + 1, shell_commands(m.group(2)))
+            for m in BLOCK.finditer(text)
+        ]
+    return blocks
 
 
 # --- what a dry check looks at, per command (after its arguments parsed) ------------------------------
 def check_pretrain(args: argparse.Namespace) -> None:
     from brainjepa.config import load_config
-    from brainjepa_platform.data.ingestion import read_manifest
+    from brainjepa_platform.data.manifest import read_manifest
     from brainjepa_platform.train.config import PretrainConfig
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    n_rois = read_manifest(cfg.data.dataset)["atlas"]["n_rois"]
+    n_rois = read_manifest(cfg.data.dataset).atlas.n_rois
     assert cfg.model.n_gradients < n_rois or cfg.model.positional != "gradient"
 
 
 def check_sweep(args: argparse.Namespace) -> None:
-    from brainjepa_platform.data.ingestion import read_manifest
+    from brainjepa_platform.data.manifest import read_manifest
     from brainjepa_platform.sweep.config import load_sweep_config
     from brainjepa_platform.sweep.driver import check_fits_dataset
 
@@ -76,15 +90,15 @@ def check_sweep(args: argparse.Namespace) -> None:
 
 def check_model_data(args: argparse.Namespace) -> None:
     """embed / evaluate: the dataset exists, has the target, and the model is the name pretraining registers."""
-    from brainjepa_platform.data.ingestion import read_manifest
-    from brainjepa_platform.tracking.registry import encoder_model_name
+    from brainjepa_platform.data.manifest import read_manifest
+    from brainjepa_platform.tracking.names import encoder_model_name
 
     manifest = read_manifest(args.data)
     if getattr(args, "target", None):
-        assert args.target in manifest["phenotypes"], f"no phenotype {args.target} in {args.data}"
+        assert args.target in manifest.phenotypes, f"no phenotype {args.target} in {args.data}"
     if args.model:
         name = re.match(r"models:/([^/@]+)", args.model).group(1)
-        assert name == encoder_model_name(manifest["atlas"]["name"], manifest["atlas"]["n_rois"])
+        assert name == encoder_model_name(manifest.atlas.name, manifest.atlas.n_rois)
 
 
 def check_pretrain_local(args: argparse.Namespace) -> None:
@@ -95,7 +109,10 @@ def check_pretrain_local(args: argparse.Namespace) -> None:
 
 
 DRY_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "pretrain": check_pretrain, "sweep": check_sweep, "embed": check_model_data, "evaluate": check_model_data,
+    "pretrain": check_pretrain,
+    "sweep": check_sweep,
+    "embed": check_model_data,
+    "evaluate": check_model_data,
     "pretrain-local": check_pretrain_local,
 }
 
@@ -114,14 +131,28 @@ def test_readme_marks_its_blocks() -> None:
     assert {b.mode for b in blocks} == {"run", "dry", "dry-only"}
     assert all(argv[0] == "brainjepa" for b in blocks for argv in b.commands), "only brainjepa commands"
     walked = {argv[1] for b in blocks if b.mode != "dry-only" for argv in b.commands}
-    assert walked >= {"synth", "ingest", "dataset", "gradients", "pretrain", "sweep", "evaluate"}
+    assert walked >= {
+        "synth",
+        "ingest",
+        "dataset",
+        "gradients",
+        "pretrain",
+        "sweep",
+        "evaluate",
+        "embed",
+        "masks",
+        "bench",
+        "pretrain-local",
+    }
+    quickstart = {argv[1] for b in blocks if b.source == "README.md" and b.mode != "dry-only" for argv in b.commands}
+    assert quickstart >= {"synth", "ingest", "gradients", "pretrain", "embed", "evaluate"}
 
 
 def test_readme_commands_run_on_readme_data(readme_folder, ray_cluster, capsys) -> None:
     parser = cli.build_parser()
     for block in readme_blocks():
         for argv in block.commands:
-            where = f"README.md line {block.line}: {shlex.join(argv)}"
+            where = f"{block.source} line {block.line}: {shlex.join(argv)}"
             if block.mode == "run" or (block.mode == "dry" and FULL):
                 code = cli.main(argv[1:])
                 assert code == 0, f"{where}: exit status {code}\n{capsys.readouterr().err}"

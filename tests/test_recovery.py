@@ -16,7 +16,7 @@ import torch
 from brainjepa.benchmark import benchmark_step
 from brainjepa.model import ModelConfig
 from brainjepa_platform.storage import resolve
-from brainjepa_platform.tracking.registry import encoder_model_name
+from brainjepa_platform.tracking.names import encoder_model_name
 from brainjepa_platform.train.checkpoints import ENGINE_FILE, describe, newest_intact, write_checkpoint_dir
 from brainjepa_platform.train.loop import Progress, format_duration, step_keys
 from brainjepa_platform.train.run_lock import LOCK_FILE, RunLock, RunLockedError
@@ -45,8 +45,10 @@ def test_torn_newest_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
     assert selection.step == 4 and selection.state["model"]["w"][0] == 4.0
     assert [(s.step, s.uri) for s in selection.skipped] == [(8, str(newest))]
     line = describe(selection, loc)
-    assert line == (f"skipped unusable checkpoint(s): step 8 at {newest} ({ENGINE_FILE} does not match the hash in "
-                    f"meta.json (torn or altered file)); resuming from the newest intact one, step 4 at {older}")
+    assert line == (
+        f"skipped unusable checkpoint(s): step 8 at {newest} ({ENGINE_FILE} does not match the hash in "
+        f"meta.json (torn or altered file)); resuming from the newest intact one, step 4 at {older}"
+    )
 
 
 def test_missing_engine_and_no_intact_checkpoint_are_said(tmp_path: Path) -> None:
@@ -55,9 +57,11 @@ def test_missing_engine_and_no_intact_checkpoint_are_said(tmp_path: Path) -> Non
     loc = resolve(run_dir)
     selection = newest_intact(loc)
     assert selection.state is None and selection.skipped[0].step == 4
-    assert describe(selection, loc) == (f"skipped unusable checkpoint(s): step 4 at {run_dir / 'checkpoint_a'} "
-                                        f"({ENGINE_FILE} does not exist); no intact checkpoint left in {run_dir}: "
-                                        "starting from step 0")
+    assert describe(selection, loc) == (
+        f"skipped unusable checkpoint(s): step 4 at {run_dir / 'checkpoint_a'} "
+        f"({ENGINE_FILE} does not exist); no intact checkpoint left in {run_dir}: "
+        "starting from step 0"
+    )
     assert describe(newest_intact(resolve(tmp_path / "empty")), loc) is None
     intact = _checkpoint(tmp_path / "ok", "c", 2)
     assert describe(newest_intact(resolve(tmp_path / "ok")), loc) == f"resuming from step 2 at {intact}"
@@ -97,8 +101,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pyte
     dead = subprocess.Popen(["true"])
     dead.wait()
     _write_lock(tmp_path / "run", pid=dead.pid)
-    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"),
-                                                                                         settle_s=0) as lock:
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"), settle_s=0) as lock:
         assert lock.read().token == lock.me.token
     assert f"process {dead.pid} is no longer running" in caplog.text and "taking over" in caplog.text
 
@@ -106,21 +109,18 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pyte
 def test_lock_left_by_this_process_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A run whose store failed could not delete its lock; the next run in the same process takes it over."""
     _write_lock(tmp_path / "run")  # this pid, a token no live RunLock holds
-    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"),
-                                                                                         settle_s=0):
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(resolve(tmp_path / "run"), settle_s=0):
         pass
     assert "left by an earlier run in this process" in caplog.text
 
 
-def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     loc = resolve(tmp_path / "run")
     _write_lock(tmp_path / "run", host="other-host", pid=1)
     with pytest.raises(RunLockedError, match="host other-host, pid 1"):
         RunLock(loc, stale_after=60).acquire()
     _write_lock(tmp_path / "run", host="other-host", pid=1, heartbeat=time.time() - 600)
-    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(loc, stale_after=60,
-                                                                                         settle_s=0):
+    with caplog.at_level(logging.WARNING, logger=LOCK_LOG), RunLock(loc, stale_after=60, settle_s=0):
         pass
     assert "no heartbeat for 600s" in caplog.text
 

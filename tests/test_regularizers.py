@@ -221,6 +221,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, full: np.ndarray, out_dir
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_ddp_global_batch_equals_single_process(tmp_path: Path) -> None:
     world_size = 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
-from brainjepa.local import LocalPretrainConfig, ScanSampler, run_local_pretraining
+from brainjepa.local import LocalPretrainConfig, ScanSampler, local_pretraining, run_local_pretraining
 from brainjepa.masks import MaskConfig
 from brainjepa.model import ModelConfig
 from brainjepa.monitors import collapse_monitors
@@ -19,8 +19,16 @@ from brainjepa.synthetic import SyntheticCohort, synthetic_cohort
 
 
 def test_schedules_at_known_steps() -> None:
-    cfg = OptimConfig(lr=1e-3, start_lr=5e-5, final_lr=1e-6, warmup_fraction=0.1, weight_decay=0.04,
-                      final_weight_decay=0.4, ema_start=0.996, ema_end=1.0)
+    cfg = OptimConfig(
+        lr=1e-3,
+        start_lr=5e-5,
+        final_lr=1e-6,
+        warmup_fraction=0.1,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        ema_start=0.996,
+        ema_end=1.0,
+    )
     s = Schedules(cfg, total_steps=1000)
     assert s.warmup_steps == 100
     assert s.lr(0) == pytest.approx(5e-5)
@@ -43,8 +51,18 @@ def _setup(accumulation: int, total: int = 6, seed: int = 0):
     grads = torch.randn(16, 4, generator=torch.Generator().manual_seed(seed))
     optim = OptimConfig(accumulation_steps=accumulation, warmup_fraction=0.5)
     engine = PretrainEngine(BrainJEPA(cfg, grads), optim, total_steps=total)
-    sampler = iter(ScanSampler(cohort.series, cohort.tr, robust_stats(cohort.series), cfg, MaskConfig(),
-                               batch_size=4, target_tr=2.0, seed=seed))
+    sampler = iter(
+        ScanSampler(
+            cohort.series,
+            cohort.tr,
+            robust_stats(cohort.series),
+            cfg,
+            MaskConfig(),
+            batch_size=4,
+            target_tr=2.0,
+            seed=seed,
+        )
+    )
     return engine, sampler
 
 
@@ -64,6 +82,7 @@ def test_accumulation_advances_schedules_per_optimizer_step() -> None:
         engine.train_step([next(sampler)])
 
 
+@pytest.mark.slow
 def test_save_resume_matches_uninterrupted_run(tmp_path) -> None:
     straight, sampler = _setup(accumulation=2, total=6)
     straight_metrics = _run(straight, sampler, 6)
@@ -119,13 +138,18 @@ def test_same_seed_same_first_losses() -> None:
     assert [m["loss"] for m in h3] != [m["loss"] for m in h1]
 
 
+@pytest.mark.slow
 def test_a_falling_loss_on_white_noise_is_not_learning() -> None:
     """The loss falls on white noise too (the positional part of the targets): the monitors say so."""
     rng = np.random.default_rng(0)
-    noise = SyntheticCohort(series=[rng.standard_normal((32, 160)).astype(np.float32) for _ in range(16)],
-                            tr=np.full(16, 2.0), network=np.arange(32) * 7 // 32)
-    _, history = run_local_pretraining(LocalPretrainConfig(steps=60, batch_size=8, subjects=16, monitor_every=10),
-                                       noise)
+    noise = SyntheticCohort(
+        series=[rng.standard_normal((32, 160)).astype(np.float32) for _ in range(16)],
+        tr=np.full(16, 2.0),
+        network=np.arange(32) * 7 // 32,
+    )
+    _, history = run_local_pretraining(
+        LocalPretrainConfig(steps=60, batch_size=8, subjects=16, monitor_every=10), noise
+    )
     first = sum(m["loss"] for m in history[:5]) / 5
     last = sum(m["loss"] for m in history[-5:]) / 5
     assert last < 0.7 * first and all(math.isfinite(m["loss"]) for m in history)
@@ -135,10 +159,25 @@ def test_a_falling_loss_on_white_noise_is_not_learning() -> None:
     assert {"l1_cross_roi", "l1_cross_time", "l1_double_cross", "target_std", "target_rank"} <= set(history[-1])
 
 
-def test_bf16_autocast_step_runs_on_cpu() -> None:
-    cfg = LocalPretrainConfig(steps=2, subjects=6, batch_size=2, dtype="bf16")
-    _, history = run_local_pretraining(cfg)
-    assert all(math.isfinite(m["loss"]) for m in history)
+def _steps_and_weights(dtype: str) -> list[tuple[dict, torch.Tensor]]:
+    """Two local steps (same seed: same initial weights, batches and masks): metrics and flat weights after each."""
+    cfg = LocalPretrainConfig(steps=2, subjects=6, batch_size=2, dtype=dtype)
+    return [
+        (metrics, torch.cat([p.detach().flatten().clone() for p in engine.model.student.parameters()]))
+        for engine, metrics in local_pretraining(cfg)
+    ]
+
+
+def test_bf16_autocast_step_runs_on_cpu_and_follows_the_float32_step() -> None:
+    bf16, fp32 = _steps_and_weights("bf16"), _steps_and_weights("float32")
+    assert all(math.isfinite(m["loss"]) for m, _ in bf16)
+    for (low, _), (full, _) in zip(bf16, fp32):  # same weights and batch: the loss within bf16 rounding
+        assert low["loss"] == pytest.approx(full["loss"], rel=1e-2)
+    assert [m["loss"] for m, _ in bf16] != [m["loss"] for m, _ in fp32]  # autocast did compute in bf16
+    # the second optimizer step (bf16 gradients) moves the weights the way the float32 step does
+    low_update, full_update = bf16[1][1] - bf16[0][1], fp32[1][1] - fp32[0][1]
+    assert torch.nn.functional.cosine_similarity(low_update, full_update, dim=0) > 0.99
+    assert low_update.norm() == pytest.approx(full_update.norm().item(), rel=0.05)
 
 
 def test_collapse_monitors() -> None:

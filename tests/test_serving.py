@@ -25,8 +25,10 @@ import brainjepa
 from brainjepa.jepa import BrainJEPA
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
-from brainjepa_platform.tracking.registry import ensure_experiment, load_encoder, log_encoder, training_tags
+from brainjepa_platform.tracking.registry import load_encoder, log_encoder, training_tags
+from brainjepa_platform.tracking.store import ensure_experiment
 from tests.conftest import free_port
+from tests.manifests import small_manifest
 
 ATLAS, NAME, TR, STEPS = "toy12", "served-encoder", 2.0, 4
 DATASET = "s3://reader:hunter2-pw@bucket/cohort"  # a password in the URI must not reach the registry
@@ -61,9 +63,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         mlflow.set_tracking_uri(uri)
         try:
             with mlflow.start_run(experiment_id=ensure_experiment("serving", uri)):
-                version = log_encoder(model, tiny_cfg(), gradients, stats, [f"roi_{i}" for i in range(12)], ATLAS,
-                                      registered_name=NAME, target_tr=TR,
-                                      version_tags=training_tags(STEPS, DATASET, METRICS))
+                version = log_encoder(
+                    model,
+                    tiny_cfg(),
+                    gradients,
+                    stats,
+                    [f"roi_{i}" for i in range(12)],
+                    ATLAS,
+                    registered_name=NAME,
+                    target_tr=TR,
+                    version_tags=training_tags(STEPS, DATASET, METRICS),
+                )
             yield {"uri": uri, "root": root, "version": version}
         finally:
             while mlflow.active_run() is not None:
@@ -105,14 +115,31 @@ def server(registry: dict[str, Any]) -> Iterator[str]:
     """``mlflow models serve -m models:/NAME@current --env-manager local`` on a free loopback port."""
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # the CLI runs `uvicorn` from PATH: this venv's
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"],
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registry["uri"],
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        URI,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     log = registry["root"] / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=registry["root"],
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=registry["root"], start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for_ping(base, proc, log)
@@ -123,8 +150,9 @@ def server(registry: dict[str, Any]) -> Iterator[str]:
 
 def invoke(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """POST ``body`` as JSON to /invocations; (HTTP status, decoded JSON answer)."""
-    request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -132,6 +160,7 @@ def invoke(base: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.integration
 def test_served_embeddings_match_load_encoder(server: str, registry: dict[str, Any]) -> None:
     x = raw_series(3)
     bundle = load_encoder(URI)
@@ -145,6 +174,7 @@ def test_served_embeddings_match_load_encoder(server: str, registry: dict[str, A
     np.testing.assert_allclose(np.asarray(answer["predictions"]), bundle.embed(x, pooling="none"), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_served_model_refuses_wrong_input_naming_what_it_expects(server: str) -> None:
     status, answer = invoke(server, {"inputs": raw_series(2, rois=11).tolist()})
     assert status == 400
@@ -161,14 +191,26 @@ def test_version_tags_description_and_requirements(registry: dict[str, Any], mon
         version = MlflowClient().get_model_version_by_alias(NAME, "current")
         assert str(version.version) == registry["version"]
         assert version.tags == {
-            "atlas": ATLAS, "n_rois": "12", "frames": "32", "target_tr": "2", "patch": "8", "model_size": "tiny",
-            "dim": "64", "positional": "gradient", "brainjepa_version": brainjepa.__version__, "steps": "4",
-            "dataset": "s3://reader:***REDACTED***@bucket/cohort", "final.loss": "0.4125", "final.val_loss": "0.5",
+            "atlas": ATLAS,
+            "n_rois": "12",
+            "frames": "32",
+            "target_tr": "2",
+            "patch": "8",
+            "model_size": "tiny",
+            "dim": "64",
+            "positional": "gradient",
+            "brainjepa_version": brainjepa.__version__,
+            "steps": "4",
+            "dataset": "s3://reader:***REDACTED***@bucket/cohort",
+            "final.loss": "0.4125",
+            "final.val_loss": "0.5",
             "final.target_rank": "12.25",  # context_reliance was NaN: not known, left out
         }
         text = version.description
-        assert text.startswith(f"Brain-JEPA target encoder (tiny, dim 64, gradient positions), atlas {ATLAS}: "
-                               "raw ROI series, float32 (batch, 12 ROIs, 32 frames at TR 2 s) -> (batch, 64)")
+        assert text.startswith(
+            f"Brain-JEPA target encoder (tiny, dim 64, gradient positions), atlas {ATLAS}: "
+            "raw ROI series, float32 (batch, 12 ROIs, 32 frames at TR 2 s) -> (batch, 64)"
+        )
         assert "Pretrained 4 steps on s3://reader:***REDACTED***@bucket/cohort, final loss 0.4125." in text
         assert "hunter2" not in text
         requirements = Path(mlflow.pyfunc.get_model_dependencies(URI)).read_text().split()
@@ -194,15 +236,27 @@ def test_pretraining_tags_its_version_with_steps_dataset_and_final_metrics(
     cfg.data.dataset, cfg.data.target_tr, cfg.tracking.registered_model = "file:///data/cohort", 0.8, "pretrained"
     write_checkpoint_dir(tmp_path, PretrainEngine(BrainJEPA(cfg.model), cfg.optim, total_steps=4).state_dict(), {})
     stats = RobustStats(median=np.zeros(12), iqr=np.ones(12))
-    manifest = {"robust_stats": stats.to_dict(), "atlas": {"name": ATLAS, "roi_labels": [str(i) for i in range(12)]}}
+    manifest = small_manifest(12, atlas=ATLAS, stats=stats, roi_labels=[str(i) for i in range(12)])
     uri = registry["uri"]
     run_id = MlflowClient(uri).create_run(ensure_experiment("pretrain", uri)).info.run_id
     try:
-        version = register_encoder(cfg, uri, run_id, Checkpoint.from_directory(tmp_path), manifest, None,
-                                   {"step": 4, "loss": 0.25, "val_loss": float("nan"), "target_std": 0.125})
+        version = register_encoder(
+            cfg,
+            uri,
+            run_id,
+            Checkpoint.from_directory(tmp_path),
+            manifest,
+            None,
+            {"step": 4, "loss": 0.25, "val_loss": float("nan"), "target_std": 0.125},
+        )
         tags = MlflowClient(uri).get_model_version("pretrained", version).tags
     finally:
         mlflow.set_tracking_uri(None)
     assert {k: v for k, v in tags.items() if k in ("steps", "dataset", "target_tr", "positional") or "." in k} == {
-        "steps": "4", "dataset": "file:///data/cohort", "target_tr": "0.8", "positional": "sincos",
-        "final.loss": "0.25", "final.target_std": "0.125"}
+        "steps": "4",
+        "dataset": "file:///data/cohort",
+        "target_tr": "0.8",
+        "positional": "sincos",
+        "final.loss": "0.25",
+        "final.target_std": "0.125",
+    }

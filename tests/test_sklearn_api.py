@@ -22,7 +22,10 @@ from sklearn.pipeline import Pipeline
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import RobustStats
 from brainjepa_platform.evaluate.sklearn_api import JEPAEmbedding
-from brainjepa_platform.tracking.registry import EncoderBundle, encoder_model_name, ensure_experiment, log_encoder
+from brainjepa_platform.tracking.bundle import EncoderBundle
+from brainjepa_platform.tracking.names import encoder_model_name
+from brainjepa_platform.tracking.registry import log_encoder
+from brainjepa_platform.tracking.store import ensure_experiment
 
 ATLAS, N_ROIS, FRAMES, MODEL_TR = "toy4", 4, 16, 2.0
 DIM = 64  # the tiny preset's width
@@ -55,8 +58,14 @@ def synthetic(n: int = 12, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]
     return series, y
 
 
-def manual_embedding(bundle: EncoderBundle, series: np.ndarray, t_r: float, starts: list[float],
-                     stats: tuple[np.ndarray, np.ndarray], per_roi: bool = False) -> np.ndarray:
+def manual_embedding(
+    bundle: EncoderBundle,
+    series: np.ndarray,
+    t_r: float,
+    starts: list[float],
+    stats: tuple[np.ndarray, np.ndarray],
+    per_roi: bool = False,
+) -> np.ndarray:
     """Independent reference: np.interp per ROI at each window's frame times, (x - median) / IQR, encoder, means."""
     frame_times = np.arange(series.shape[0]) * t_r
     median, iqr = stats
@@ -102,8 +111,9 @@ def test_nilearn_masker_output_matches_manual_path(nitime_series, bundle) -> Non
 
     features = JEPAEmbedding(bundle, t_r=t_r).fit_transform(series)
     assert features.shape == (2, DIM) and features.dtype == np.float32 and np.all(np.isfinite(features))
-    np.testing.assert_allclose(features[1], manual_embedding(bundle, series[1], t_r, [0.0, slack], stats),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        features[1], manual_embedding(bundle, series[1], t_r, [0.0, slack], stats), rtol=1e-4, atol=1e-5
+    )
     assert not np.allclose(features[0], features[1], atol=1e-3)
 
     strided = JEPAEmbedding(bundle, t_r=t_r, window_stride=10.0, pooling="roi").fit_transform(series)
@@ -153,21 +163,24 @@ def test_fit_statistics_are_used_for_transform(bundle) -> None:
     np.testing.assert_allclose(model.transform(shifted[:1])[0], expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("X", "params", "match"), [
-    ([np.ones((40, 5))], {}, r"X\[0\] has 5 ROIs .* model takes 4 ROIs \(atlas toy4\)"),
-    ([np.ones((40, 4)), np.ones((4, 40))], {}, r"X\[1\] has 40 ROIs .*transposed"),
-    ([np.ones((40, 4)), np.ones((10, 4))], {}, r"X\[1\]: scan of 10 frames at TR 1.0s .*shorter than"),
-    ([np.where(np.arange(160).reshape(40, 4) == 9, np.nan, 1.0)], {}, r"X\[0\] contains NaN .*frame 2, ROI 1"),
-    (np.ones((40, 4)), {}, r"X has shape \(40, 4\).*wrap it in a list"),
-    ([], {}, "X is empty"),
-    ([np.ones((40, 4))], {"t_r": None}, "t_r is required"),
-    ([np.ones((40, 4))], {"t_r": -2}, r"t_r=-2: expected a number of seconds > 0"),
-    ([np.ones((40, 4))], {"window_stride": 0}, r"window_stride=0: expected .* > 0"),
-    ([np.ones((40, 4))], {"pooling": "max"}, r"pooling='max': expected one of \['mean', 'roi'\]"),
-    ([np.ones((40, 4))], {"scaling": "zscore"}, "scaling='zscore'"),
-    ([np.ones((40, 4))], {"batch_size": 0}, "batch_size=0"),
-    ([np.ones((40, 4))], {"model": None}, "model=None: expected a registered encoder URI"),
-])
+@pytest.mark.parametrize(
+    ("X", "params", "match"),
+    [
+        ([np.ones((40, 5))], {}, r"X\[0\] has 5 ROIs .* model takes 4 ROIs \(atlas toy4\)"),
+        ([np.ones((40, 4)), np.ones((4, 40))], {}, r"X\[1\] has 40 ROIs .*transposed"),
+        ([np.ones((40, 4)), np.ones((10, 4))], {}, r"X\[1\]: scan of 10 frames at TR 1.0s .*shorter than"),
+        ([np.where(np.arange(160).reshape(40, 4) == 9, np.nan, 1.0)], {}, r"X\[0\] contains NaN .*frame 2, ROI 1"),
+        (np.ones((40, 4)), {}, r"X has shape \(40, 4\).*wrap it in a list"),
+        ([], {}, "X is empty"),
+        ([np.ones((40, 4))], {"t_r": None}, "t_r is required"),
+        ([np.ones((40, 4))], {"t_r": -2}, r"t_r=-2: expected a number of seconds > 0"),
+        ([np.ones((40, 4))], {"window_stride": 0}, r"window_stride=0: expected .* > 0"),
+        ([np.ones((40, 4))], {"pooling": "max"}, r"pooling='max': expected one of \['mean', 'roi'\]"),
+        ([np.ones((40, 4))], {"scaling": "zscore"}, "scaling='zscore'"),
+        ([np.ones((40, 4))], {"batch_size": 0}, "batch_size=0"),
+        ([np.ones((40, 4))], {"model": None}, "model=None: expected a registered encoder URI"),
+    ],
+)
 def test_clear_errors(bundle, X, params, match) -> None:
     est = JEPAEmbedding(bundle, t_r=1.0).set_params(**params)
     with pytest.raises(ValueError, match=match):
@@ -189,8 +202,15 @@ def registered(bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(experiment_id=ensure_experiment("sklearn", uri)):
-            log_encoder(bundle.encoder, bundle.config, bundle.gradients, bundle.stats, bundle.roi_labels, ATLAS,
-                        target_tr=MODEL_TR)
+            log_encoder(
+                bundle.encoder,
+                bundle.config,
+                bundle.gradients,
+                bundle.stats,
+                bundle.roi_labels,
+                ATLAS,
+                target_tr=MODEL_TR,
+            )
         yield f"models:/{encoder_model_name(ATLAS, N_ROIS)}@current"
     finally:
         while mlflow.active_run() is not None:
@@ -203,6 +223,5 @@ def test_registered_model_uri_loads_once(registered, bundle) -> None:
     est = JEPAEmbedding(registered, t_r=1.0).fit(X)
     loaded = est.bundle_
     assert loaded is not bundle and loaded.target_tr == MODEL_TR
-    np.testing.assert_allclose(est.transform(X), JEPAEmbedding(bundle, t_r=1.0).fit_transform(X), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(est.transform(X), JEPAEmbedding(bundle, t_r=1.0).fit_transform(X), rtol=1e-5, atol=1e-6)
     assert est.fit(X[:2]).bundle_ is loaded  # refitting reuses the loaded encoder

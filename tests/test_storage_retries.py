@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -17,7 +18,7 @@ class StatusHandler(BaseHTTPRequestHandler):
     """Answers every S3 request with one HTTP status and counts the requests."""
 
     status = 503
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def _answer(self) -> None:
         StatusHandler.requests.append(self.command)

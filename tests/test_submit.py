@@ -42,8 +42,15 @@ from brainjepa_platform.data.synth import SynthOptions, write_bids
 from brainjepa_platform.storage import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-              "--metrics-export-port", "--runtime-env-agent-port", "--ray-client-server-port")
+PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+    "--ray-client-server-port",
+)
 
 
 @dataclass
@@ -62,17 +69,20 @@ def _free_port() -> int:
 def _head_env(token: str) -> dict[str, str]:
     """This environment without Ray/AWS/MLflow settings (the session may hold them), plus token auth."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # SIGTERM: stop at once, no 30 s drain
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+    )  # SIGTERM: stop at once, no 30 s drain
     return env
 
 
 def _wait_for_head(head: Head, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
     """Until `ray start` says the node is up (it then blocks) and the job API answers with the token."""
     deadline = time.monotonic() + timeout_s
-    request = urllib.request.Request(f"{head.address}/api/version",
-                                     headers={"Authorization": f"Bearer {head.token}"})
+    request = urllib.request.Request(f"{head.address}/api/version", headers={"Authorization": f"Bearer {head.token}"})
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{head.log.read_text()[-3000:]}")
@@ -109,12 +119,27 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
     ports = {flag: _free_port() for flag in PORT_FLAGS}
     temp_dir = tempfile.mkdtemp(prefix="bjr-", dir="/tmp")  # short: Ray's socket paths have a length limit
     log = tmp_path_factory.mktemp("head") / "ray-head.log"
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--num-cpus=4", f"--temp-dir={temp_dir}", "--block",
-           *(f"{flag}={port}" for flag, port in ports.items())]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=4",
+        f"--temp-dir={temp_dir}",
+        "--block",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=_head_env(token), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=temp_dir)
+        proc = subprocess.Popen(
+            cmd,
+            env=_head_env(token),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=temp_dir,
+        )
     head = Head(address=f"http://127.0.0.1:{ports['--dashboard-port']}", token=token, log=log)
     try:
         _wait_for_head(head, proc)
@@ -134,8 +159,18 @@ def _cli(argv: list[str]) -> int:
 # --- unit level: what leaves this machine ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
-                                  "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN", "my_api_key", "DB_CREDENTIALS"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "RAY_AUTH_TOKEN",
+        "my_api_key",
+        "DB_CREDENTIALS",
+    ],
+)
 def test_secret_looking_names_are_refused(name: str, monkeypatch) -> None:
     monkeypatch.setenv(name, "xyz")
     assert is_secret_name(name)
@@ -145,8 +180,13 @@ def test_secret_looking_names_are_refused(name: str, monkeypatch) -> None:
 
 def test_credentials_in_the_environment_never_reach_the_runtime_env(monkeypatch, tmp_path) -> None:
     secret = "xyz-very-secret-value"
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD",
-                 "RAY_AUTH_TOKEN"):
+    for name in (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "RAY_AUTH_TOKEN",
+    ):
         monkeypatch.setenv(name, secret)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
@@ -155,8 +195,12 @@ def test_credentials_in_the_environment_never_reach_the_runtime_env(monkeypatch,
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("BRAINJEPA_NOTE", "run-42")
     env = job_env(["BRAINJEPA_NOTE"])
-    assert env == {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "AWS_ENDPOINT_URL": "http://minio.internal:9000",
-                   "AWS_REGION": "eu-west-1", "BRAINJEPA_NOTE": "run-42"}
+    assert env == {
+        "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+        "AWS_ENDPOINT_URL": "http://minio.internal:9000",
+        "AWS_REGION": "eu-west-1",
+        "BRAINJEPA_NOTE": "run-42",
+    }
     request = JobRequest("pretrain", ["data.dataset=s3://b/c"], config="configs/pretrain/tiny.yaml", root=ROOT)
     renv = runtime_env(stage_code(request, tmp_path / "job"), env)
     assert secret not in repr(renv)
@@ -186,7 +230,8 @@ def test_staged_code_is_the_checkout_under_its_import_names(tmp_path) -> None:
     request = JobRequest("pretrain", ["train.steps=1"], config="configs/pretrain/tiny.yaml", root=ROOT)
     stage = stage_code(request, tmp_path / "job")
     assert sorted(p.name for p in stage.iterdir()) == ["brainjepa", "brainjepa_platform", "configs", "jobs"]
-    assert (stage / "brainjepa_platform" / "submit.py").read_text() == (ROOT / "platform" / "submit.py").read_text()
+    shipped = stage / "brainjepa_platform" / "cluster" / "submit.py"
+    assert shipped.read_text() == (ROOT / "platform" / "cluster" / "submit.py").read_text()
     assert not (stage / "brainjepa_platform" / "__init__.py").exists()  # never shadows the stdlib `platform`
     assert not list(stage.rglob("__pycache__"))
     assert entrypoint(request) == "python jobs/pretrain.py --config configs/pretrain/tiny.yaml train.steps=1"
@@ -204,12 +249,26 @@ def test_missing_job_script_and_outside_config_are_errors(tmp_path) -> None:
 def test_cli_parses_job_arguments_after_its_own_options() -> None:
     parser = argparse.ArgumentParser(prog="brainjepa")
     cli_submit.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["submit", "ingest", "--address", "http://h:8265", "--env", "X", "s3://b/bids",
-                              "--out", "s3://b/ds", "--workers", "8"])
+    args = parser.parse_args(
+        [
+            "submit",
+            "ingest",
+            "--address",
+            "http://h:8265",
+            "--env",
+            "X",
+            "s3://b/bids",
+            "--out",
+            "s3://b/ds",
+            "--workers",
+            "8",
+        ]
+    )
     assert (args.kind, args.address, args.env) == ("ingest", "http://h:8265", ["X"])
     assert args.args == ["s3://b/bids", "--out", "s3://b/ds", "--workers", "8"]
-    args = parser.parse_args(["submit", "pretrain", "--address", "http://h:8265", "--config", "c.yaml", "--no-wait",
-                              "a=1", "b=2"])
+    args = parser.parse_args(
+        ["submit", "pretrain", "--address", "http://h:8265", "--config", "c.yaml", "--no-wait", "a=1", "b=2"]
+    )
     assert (args.config, args.no_wait, args.args) == ("c.yaml", True, ["a=1", "b=2"])
 
 
@@ -223,6 +282,7 @@ def test_cli_refuses_secret_env_before_contacting_anything() -> None:
 
 
 @pytest.mark.timeout(420)
+@pytest.mark.integration
 def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monkeypatch, capsys) -> None:
     secret = "xyz-do-not-ship"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # a credential in the client's environment
@@ -239,20 +299,48 @@ def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monke
     # ingestion as a job, through the CLI: a synthetic BIDS cohort -> Parquet dataset
     paths = write_bids(resolve(str(tmp_path / "bids")), SynthOptions(subjects=8, rois=24, frames=(120, 160)))
     dataset = tmp_path / "dataset"
-    code = _cli(["submit", "ingest", "--address", ray_head.address, "--token-file", str(token_file),
-                 "--working-dir", str(ROOT), paths["source"], "--atlas", paths["atlas"], "--labels", paths["labels"],
-                 "--out", str(dataset), "--quiet"])
+    code = _cli(
+        [
+            "submit",
+            "ingest",
+            "--address",
+            ray_head.address,
+            "--token-file",
+            str(token_file),
+            "--working-dir",
+            str(ROOT),
+            paths["source"],
+            "--atlas",
+            paths["atlas"],
+            "--labels",
+            paths["labels"],
+            "--out",
+            str(dataset),
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "Ingested" in out and (dataset / "manifest.json").is_file()
 
     # pretraining as a job, through the Python API; the MLflow registry gets the encoder
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    request = JobRequest("pretrain", [
-        f"data.dataset={dataset}", "train.steps=6", "train.checkpoint_every=6", "train.log_every=3",
-        f"train.storage_path={tmp_path}/runs", f"tracking.tracking_uri={tracking}", "model.positional=sincos",
-        "train.num_workers=1",
-    ], config="configs/pretrain/tiny.yaml", env_names=["BRAINJEPA_SUBMIT_TEST"], root=ROOT)
+    request = JobRequest(
+        "pretrain",
+        [
+            f"data.dataset={dataset}",
+            "train.steps=6",
+            "train.checkpoint_every=6",
+            "train.log_every=3",
+            f"train.storage_path={tmp_path}/runs",
+            f"tracking.tracking_uri={tracking}",
+            "model.positional=sincos",
+            "train.num_workers=1",
+        ],
+        config="configs/pretrain/tiny.yaml",
+        env_names=["BRAINJEPA_SUBMIT_TEST"],
+        root=ROOT,
+    )
     log = io.StringIO()
     code = submit(request, ray_head.address, token=ray_head.token, out=log)
     assert code == 0, log.getvalue()[-3000:]
@@ -271,4 +359,3 @@ def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monke
     for job in jobs:
         assert secret not in repr(job) and ray_head.token not in repr(job)
     assert ray_head.token not in out + log.getvalue()
-

@@ -17,16 +17,10 @@ from brainjepa.config import ConfigError, load_config
 from brainjepa_platform.cli import main as cli
 from brainjepa_platform.data.synth import SynthOptions, write_parquet
 from brainjepa_platform.sweep.config import load_sweep_config
-from brainjepa_platform.sweep.driver import (
-    BEST_CONFIG,
-    PARENT_TAG,
-    TrialRow,
-    format_table,
-    make_scheduler,
-    plot_objective,
-    run_sweep,
-    search_algorithm,
-)
+from brainjepa_platform.sweep.driver import run_sweep
+from brainjepa_platform.sweep.results import BEST_CONFIG, TrialRow, format_table, plot_objective
+from brainjepa_platform.sweep.search import make_scheduler, search_algorithm
+from brainjepa_platform.sweep.trial import PARENT_TAG
 from brainjepa_platform.train.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +37,24 @@ def cohort(tmp_path_factory) -> str:
 def tiny(cohort: str, tmp_path: Path, name: str, *extra: str) -> list[str]:
     """Overrides: the tiny model, 8 steps of 1 worker per trial, a sqlite MLflow store in ``tmp_path``."""
     return [
-        f"name={name}", f"storage_path={tmp_path / 'sweeps'}", f"pretrain_config={ROOT / 'configs/pretrain/tiny.yaml'}",
-        f"data.dataset={cohort}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "model.frames=32",
-        "model.patch=8", "train.steps=8", "train.checkpoint_every=4", "train.batch_size=4", "train.num_workers=1",
-        "train.log_every=1", "data.windows_per_scan=8", "data.val_fraction=0.3", "data.shuffle_buffer=8",
-        "objective.fractions=[0.5,0.25,0.25]", "verbose=0", *extra,
+        f"name={name}",
+        f"storage_path={tmp_path / 'sweeps'}",
+        f"pretrain_config={ROOT / 'configs/pretrain/tiny.yaml'}",
+        f"data.dataset={cohort}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "model.frames=32",
+        "model.patch=8",
+        "train.steps=8",
+        "train.checkpoint_every=4",
+        "train.batch_size=4",
+        "train.num_workers=1",
+        "train.log_every=1",
+        "data.windows_per_scan=8",
+        "data.val_fraction=0.3",
+        "data.shuffle_buffer=8",
+        "objective.fractions=[0.5,0.25,0.25]",
+        "verbose=0",
+        *extra,
     ]
 
 
@@ -77,10 +84,17 @@ class InterruptAfterFirstTrial(tune.Callback):
 def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsys) -> None:
     """Random search + ASHA, 2 trials of the tiny model: interrupted after the first trial, then the same
     sweep from the command line restores it, trains only the second trial and finishes the sweep."""
-    space = ("space={masks.cross_roi_scale: {values: [[0.3, 0.45], [0.45, 0.6]]}, "
-             "optim.lr: {low: 1e-3, high: 3e-3, log: true}}")
-    overrides = [*tiny(cohort, tmp_path, "masks"), space, "num_samples=2", "scheduler.grace_period=4",
-                 "model.n_gradients=4"]
+    space = (
+        "space={masks.cross_roi_scale: {values: [[0.3, 0.45], [0.45, 0.6]]}, "
+        "optim.lr: {low: 1e-3, high: 3e-3, log: true}}"
+    )
+    overrides = [
+        *tiny(cohort, tmp_path, "masks"),
+        space,
+        "num_samples=2",
+        "scheduler.grace_period=4",
+        "model.n_gradients=4",
+    ]
     tracking, out_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "sweeps" / "masks"
     first = run_sweep(load_sweep_config(MASKING, overrides), callbacks=[InterruptAfterFirstTrial(tmp_path / "m")])
     assert not first.completed and not (out_dir / BEST_CONFIG).exists()
@@ -115,12 +129,16 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsy
     parent = MlflowClient(tracking).get_run(first.parent_run_id)
     assert parent.info.status == "FINISHED" and "best_objective" in parent.data.metrics
     assert {a.path for a in MlflowClient(tracking).list_artifacts(parent.info.run_id, "sweep")} >= {
-        f"sweep/{BEST_CONFIG}", "sweep/results.txt", "sweep/objective_vs_params.png"}
+        f"sweep/{BEST_CONFIG}",
+        "sweep/results.txt",
+        "sweep/objective_vs_params.png",
+    }
 
     third = run_sweep(load_sweep_config(MASKING, overrides))  # finished: nothing trains, nothing re-registers
     assert third.completed and third.model_version == state["best"]["model_version"]
     assert sorted(loss_steps(tracking, r.info.run_id) for r in children) == sorted(
-        loss_steps(tracking, r.run_id) for r in third.trials)
+        loss_steps(tracking, r.run_id) for r in third.trials
+    )
     with pytest.raises(ValueError, match="optim.weight_decay"):
         run_sweep(load_sweep_config(MASKING, [*overrides, "optim.weight_decay=0.1"]))
 
@@ -139,8 +157,10 @@ def test_config_errors_name_the_key(tmp_path) -> None:
 
 
 def test_overrides_search_algorithms_and_scheduler() -> None:
-    cfg = load_sweep_config(MASKING, ["data.dataset=s3://bucket/cohort", "train.steps=40", "train.checkpoint_every=10",
-                                       "scheduler.grace_period=0"])
+    cfg = load_sweep_config(
+        MASKING,
+        ["data.dataset=s3://bucket/cohort", "train.steps=40", "train.checkpoint_every=10", "scheduler.grace_period=0"],
+    )
     assert cfg.pretrain["data"]["dataset"] == "s3://bucket/cohort" and cfg.base_pretrain().model.size == "small"
     asha = make_scheduler(cfg, cfg.base_pretrain())  # rungs at 10, 20, 30: never at the final step
     assert (asha._time_attr, asha._metric, asha._mode, asha._max_t) == ("step", "val_loss", "min", 30)
@@ -159,9 +179,11 @@ def test_overrides_search_algorithms_and_scheduler() -> None:
 
 def test_table_and_plot(tmp_path) -> None:
     cfg = load_sweep_config(GRADIENTS)
-    rows = [TrialRow("a_00000", {"model.n_gradients": 3, "model.positional": "gradient"}, 0.41, 0.2, "done"),
-            TrialRow("a_00001", {"model.n_gradients": 10, "model.positional": "sincos"}, 0.55, 0.19, "done"),
-            TrialRow("a_00002", {"model.n_gradients": 30, "model.positional": "gradient"}, math.nan, 0.3, "stopped")]
+    rows = [
+        TrialRow("a_00000", {"model.n_gradients": 3, "model.positional": "gradient"}, 0.41, 0.2, "done"),
+        TrialRow("a_00001", {"model.n_gradients": 10, "model.positional": "sincos"}, 0.55, 0.19, "done"),
+        TrialRow("a_00002", {"model.n_gradients": 30, "model.positional": "gradient"}, math.nan, 0.3, "stopped"),
+    ]
     table = format_table(rows, list(cfg.space), "val pearson_r (coupling)", rows[1])
     assert table.splitlines()[3].startswith("* a_00001") and "stopped" in table
     assert plot_objective(rows, cfg.space, "val r", tmp_path / "p.png", rows[1]).stat().st_size > 0

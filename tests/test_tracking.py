@@ -17,19 +17,10 @@ from brainjepa.jepa import BrainJEPA, PretrainEngine
 from brainjepa.model import ModelConfig
 from brainjepa.preprocess import RobustStats
 from brainjepa.schedules import OptimConfig
-from brainjepa_platform.tracking.registry import (
-    MASK,
-    default_tracking_uri,
-    ensure_experiment,
-    flatten_params,
-    load_encoder,
-    log_encoder,
-    log_params,
-    log_run_artifacts,
-    read_bundle,
-    redact,
-    write_bundle,
-)
+from brainjepa_platform.tracking.bundle import read_bundle, write_bundle
+from brainjepa_platform.tracking.params import MASK, flatten_params, log_params, redact
+from brainjepa_platform.tracking.registry import load_encoder, log_encoder, log_run_artifacts
+from brainjepa_platform.tracking.store import default_tracking_uri, ensure_experiment
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzz-secret-value"
 ACCESS_KEY = "AKIATESTACCESSKEY123"
@@ -108,8 +99,15 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                 v1 = log_encoder(first, tiny_cfg(), gradients, stats, labels, ATLAS, extra_artifacts={"train": extra})
                 v2 = log_encoder(engine.state_dict(), tiny_cfg(), None, stats.to_dict(), labels, ATLAS, step=4)
             yield {
-                "uri": uri, "root": root, "run_id": run.info.run_id, "versions": (v1, v2), "logged": logged,
-                "models": (first, second), "stats": stats, "labels": labels, "gradients": gradients,
+                "uri": uri,
+                "root": root,
+                "run_id": run.info.run_id,
+                "versions": (v1, v2),
+                "logged": logged,
+                "models": (first, second),
+                "stats": stats,
+                "labels": labels,
+                "gradients": gradients,
             }
         finally:
             _reset_mlflow()
@@ -194,7 +192,11 @@ def test_two_versions_and_alias(store: dict[str, Any]) -> None:
     assert client.get_model_version(NAME, "1").run_id == store["run_id"]
     # without training tags a version still says what it accepts (no steps, dataset or loss: not known)
     assert {k: version.tags[k] for k in ("atlas", "n_rois", "frames", "dim")} == {
-        "atlas": ATLAS, "n_rois": "12", "frames": "32", "dim": "64"}
+        "atlas": ATLAS,
+        "n_rois": "12",
+        "frames": "32",
+        "dim": "64",
+    }
     assert "steps" not in version.tags and "target_tr" not in version.tags and "final.loss" not in version.tags
     assert "float32 (batch, 12 ROIs, 32 frames) -> (batch, 64) embeddings" in version.description
     signature = mlflow.models.get_model_info(f"models:/{NAME}/2").signature
@@ -256,7 +258,6 @@ def test_log_encoder_needs_an_active_run(store: dict[str, Any]) -> None:
         log_encoder(model, tiny_cfg(), store["gradients"], store["stats"], store["labels"], ATLAS)
 
 
-
 def test_alias_latest_is_the_builtin_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow reserves the alias 'latest': log_encoder sets none and models:/name/latest (or @latest in
     load_encoder) gives the newest version."""
@@ -269,8 +270,16 @@ def test_alias_latest_is_the_builtin_uri(tmp_path: Path, monkeypatch: pytest.Mon
     stats = RobustStats(median=np.zeros(12), iqr=np.ones(12))
     try:
         with mlflow.start_run(experiment_id=ensure_experiment("alias", uri)):
-            version = log_encoder(model, tiny_cfg(), gradients, stats, [str(i) for i in range(12)], ATLAS,
-                                  registered_name="enc", alias="latest")
+            version = log_encoder(
+                model,
+                tiny_cfg(),
+                gradients,
+                stats,
+                [str(i) for i in range(12)],
+                ATLAS,
+                registered_name="enc",
+                alias="latest",
+            )
         assert version == "1" and MlflowClient().get_registered_model("enc").aliases == {}
         x = raw_series(2)
         expected = direct_embedding(model, stats, x)

@@ -7,28 +7,24 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from brainjepa_platform.cli.options import add_command, base_options, comma_separated, shortcut
+
 if TYPE_CHECKING:
+    from brainjepa_platform.cli.commands import DatasetInfoOptions, IngestCommand, SynthCommand
     from brainjepa_platform.data.ingestion import IngestResult
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(opts: IngestCommand, args: argparse.Namespace) -> int:
     """Ingest a cohort into a Parquet dataset; exit 3 when any scan was quarantined."""
-    from brainjepa_platform.data.extract import CleanConfig
     from brainjepa_platform.data.ingestion import IngestOptions, ingest
 
-    opts = IngestOptions(
-        format=args.format, atlas=args.atlas, labels=args.labels, tr=args.tr, phenotypes=args.phenotypes,
-        dataset=args.dataset, orientation=args.orientation, min_frames=args.min_frames, float16=args.float16,
-        clean=CleanConfig(detrend=args.detrend, high_pass=args.high_pass, low_pass=args.low_pass,
-                          confound_columns=tuple(c for c in (args.confounds or "").split(",") if c)),
-        shard_mb=args.shard_mb, scans_per_shard=args.scans_per_shard, workers=args.workers,
-        overwrite=args.overwrite,
+    result = ingest(opts.source, opts.out, base_options(opts, IngestOptions), progress=not opts.quiet)
+    counts = result.manifest.counts
+    print(
+        f"Ingested {counts.scans} scans of {counts.subjects} subjects into {counts.shards} shards at "
+        f"{result.out} in {result.seconds:.1f}s ({result.chunks_run} chunks run, {result.chunks_skipped} "
+        "already done)"
     )
-    result = ingest(args.source, args.out, opts, progress=not args.quiet)
-    counts = result.manifest["counts"]
-    print(f"Ingested {counts['scans']} scans of {counts['subjects']} subjects into {counts['shards']} shards at "
-          f"{result.out} in {result.seconds:.1f}s ({result.chunks_run} chunks run, {result.chunks_skipped} "
-          "already done)")
     print_left_out(result)
     return result.exit_code
 
@@ -44,92 +40,133 @@ def print_left_out(result: IngestResult) -> None:
         for q in result.quarantined[:20]:
             print(f"  {q['path']}: {q['reason']}", file=sys.stderr)
     if result.mostly_quarantined:
-        atlas, scans = result.manifest["atlas"], result.manifest["counts"]["scans"]
-        print(f"WARNING: most inputs were quarantined ({len(result.quarantined)} of "
-              f"{len(result.quarantined) + scans}; {scans} ingested). The dataset has {atlas['n_rois']} ROIs, "
-              f"decided by {atlas['decided_by']}: if that is the wrong atlas, rerun with the right --atlas or "
-              "--labels and --overwrite.", file=sys.stderr)
+        atlas, scans = result.manifest.atlas, result.manifest.counts.scans
+        print(
+            f"WARNING: most inputs were quarantined ({len(result.quarantined)} of "
+            f"{len(result.quarantined) + scans}; {scans} ingested). The dataset has {atlas.n_rois} ROIs, "
+            f"decided by {atlas.decided_by}: if that is the wrong atlas, rerun with the right --atlas or "
+            "--labels and --overwrite.",
+            file=sys.stderr,
+        )
 
 
-def cmd_dataset_info(args: argparse.Namespace) -> int:
-    from brainjepa_platform.data.ingestion import read_manifest
+def cmd_dataset_info(opts: DatasetInfoOptions, args: argparse.Namespace) -> int:
+    from brainjepa_platform.data.manifest import read_manifest
 
-    manifest = read_manifest(args.uri)
-    if args.json:
-        print(json.dumps(manifest, indent=2))
+    manifest = read_manifest(opts.uri)
+    if opts.json:
+        print(json.dumps(manifest.to_json(), indent=2))
         return 0
-    counts, atlas = manifest["counts"], manifest["atlas"]
-    print(f"Dataset {manifest['dataset']} at {args.uri} (schema v{manifest['schema_version']}, {manifest['created']})")
-    print(f"  scans {counts['scans']}, subjects {counts['subjects']}, quarantined {counts['quarantined']}, "
-          + (f"ignored {counts['ignored']}, " if counts.get("ignored") else "")
-          + f"shards {counts['shards']}, frames {counts['frames']}")
-    print(f"  atlas {atlas['name']}: {atlas['n_rois']} ROIs ({', '.join(atlas['roi_labels'][:3])}, ...)"
-          + (f", decided by {atlas['decided_by']}" if atlas.get("decided_by") else ""))
-    if manifest["tr_seconds"]:
-        duration = manifest.get("duration_seconds")
-        print(f"  TR {manifest['tr_seconds']['min']:.3g}-{manifest['tr_seconds']['max']:.3g} s, "
-              f"frames per scan {manifest['n_frames']['min']}-{manifest['n_frames']['max']}"
-              + (f", {duration['min']:.0f}-{duration['max']:.0f} s per scan" if duration else ""))
-    print(f"  phenotypes: {', '.join(f'{k} ({v})' for k, v in manifest['phenotypes'].items()) or 'none'}")
-    print(f"  series: {manifest['series']['dtype']}, {manifest['series']['layout']}")
-    print(f"  made by: {manifest['command']}")
+    counts, atlas, tr, frames = manifest.counts, manifest.atlas, manifest.tr_seconds, manifest.n_frames
+    print(f"Dataset {manifest.dataset} at {opts.uri} (schema v{manifest.schema_version}, {manifest.created})")
+    print(
+        f"  scans {counts.scans}, subjects {counts.subjects}, quarantined {counts.quarantined}, "
+        + (f"ignored {counts.ignored}, " if counts.ignored else "")
+        + f"shards {counts.shards}, frames {counts.frames}"
+    )
+    print(
+        f"  atlas {atlas.name}: {atlas.n_rois} ROIs ({', '.join(atlas.roi_labels[:3])}, ...)"
+        + (f", decided by {atlas.decided_by}" if atlas.decided_by else "")
+    )
+    if tr is not None and frames is not None:
+        duration = manifest.duration_seconds
+        print(
+            f"  TR {tr.min:.3g}-{tr.max:.3g} s, frames per scan {frames.min}-{frames.max}"
+            + (f", {duration.min:.0f}-{duration.max:.0f} s per scan" if duration else "")
+        )
+    print(f"  phenotypes: {', '.join(f'{k} ({v})' for k, v in manifest.phenotypes.items()) or 'none'}")
+    print(f"  series: {manifest.series.dtype}, {manifest.series.layout}")
+    print(f"  made by: {manifest.command}")
     return 0
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
+def cmd_synth(opts: SynthCommand, args: argparse.Namespace) -> int:
     from brainjepa_platform.data.synth import SynthOptions, replace_bids, synth_summary, write_parquet
     from brainjepa_platform.storage import resolve
 
-    opts = SynthOptions(subjects=args.subjects, rois=args.rois, seed=args.seed)
-    if args.format == "bids":
-        print(synth_summary(replace_bids(resolve(args.out), opts, overwrite=args.overwrite)), end="")
+    synth = base_options(opts, SynthOptions)
+    if opts.format == "bids":
+        print(synth_summary(replace_bids(resolve(opts.out), synth, overwrite=opts.overwrite)), end="")
     else:
-        n = write_parquet(args.out, opts, progress=not args.quiet, overwrite=args.overwrite)
-        print(f"Wrote an ingested synthetic dataset of {n} scans at {args.out}")
+        n = write_parquet(opts.out, synth, progress=not opts.quiet, overwrite=opts.overwrite)
+        print(f"Wrote an ingested synthetic dataset of {n} scans at {opts.out}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the data subcommands to the ``brainjepa`` parser."""
-    p = sub.add_parser("ingest", help="cohort (BIDS/fMRIPrep, NIfTI, ROI tables) -> Parquet dataset",
-                       description="Exit status: 0 all ingested, 3 some inputs quarantined, 2 error.")
-    p.add_argument("source", help="BIDS root, folder of NIfTI files or ROI tables (path, file:// or s3://)")
-    p.add_argument("--out", required=True, help="dataset URI (path, file:// or s3://)")
-    p.add_argument("--format", default="auto", choices=["auto", "bids", "nifti", "roi-table"])
-    p.add_argument("--atlas", help="integer label atlas NIfTI (needed for NIfTI inputs)")
-    p.add_argument("--labels", help="ROI labels TSV: index and name per row (or one name per line)")
-    p.add_argument("--tr", type=float, help="repetition time in seconds (overrides sidecars and headers)")
-    p.add_argument("--phenotypes", help="participants.tsv to join (default: the BIDS root's)")
-    p.add_argument("--dataset", help="dataset name (default: the source folder's name)")
-    p.add_argument("--orientation", default="auto", choices=["auto", "rois-by-time", "time-by-rois"])
-    p.add_argument("--min-frames", type=int, default=20, help="scans shorter than this are quarantined")
-    p.add_argument("--float16", action="store_true", help="store series as float16 (half the size)")
-    p.add_argument("--detrend", action="store_true")
-    p.add_argument("--high-pass", type=float, help="Hz")
-    p.add_argument("--low-pass", type=float, help="Hz")
-    p.add_argument("--confounds", help="comma-separated fMRIPrep confound columns to regress out")
-    p.add_argument("--shard-mb", type=float, default=128.0, help="target shard size")
-    p.add_argument("--scans-per-shard", type=int, default=0, help="fixed scans per shard (overrides --shard-mb)")
-    p.add_argument("--workers", type=int, default=0, help="parallel workers (default: the cluster's CPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a complete dataset at --out (atomically: the old one stays readable until the "
-                        "new manifest is written); an unfinished ingest there is resumed without it")
-    p.set_defaults(func=cmd_ingest)
+    p = add_command(
+        sub,
+        "ingest",
+        "IngestCommand",
+        cmd_ingest,
+        help="cohort (BIDS/fMRIPrep, NIfTI, ROI tables) -> Parquet dataset",
+        description="Exit status: 0 all ingested, 3 some inputs quarantined, 2 error.",
+        positionals=(("source", "BIDS root, folder of NIfTI files or ROI tables (path, file:// or s3://)"),),
+    )
+    shortcut(p, "--out", key="out", help="dataset URI (path, file:// or s3://)")
+    shortcut(p, "--format", key="format", choices=["auto", "bids", "nifti", "roi-table"], help="default auto")
+    shortcut(p, "--atlas", key="atlas", help="integer label atlas NIfTI (needed for NIfTI inputs)")
+    shortcut(p, "--labels", key="labels", help="ROI labels TSV: index and name per row (or one name per line)")
+    shortcut(p, "--tr", key="tr", type=float, help="repetition time in seconds (overrides sidecars and headers)")
+    shortcut(p, "--phenotypes", key="phenotypes", help="participants.tsv to join (default: the BIDS root's)")
+    shortcut(p, "--dataset", key="dataset", help="dataset name (default: the source folder's name)")
+    shortcut(
+        p, "--orientation", key="orientation", choices=["auto", "rois-by-time", "time-by-rois"], help="default auto"
+    )
+    shortcut(p, "--min-frames", key="min_frames", type=int, help="scans shorter than this are quarantined (20)")
+    shortcut(p, "--float16", key="float16", action="store_true", help="store series as float16 (half the size)")
+    shortcut(p, "--detrend", key="clean.detrend", action="store_true")
+    shortcut(p, "--high-pass", key="clean.high_pass", type=float, help="Hz")
+    shortcut(p, "--low-pass", key="clean.low_pass", type=float, help="Hz")
+    shortcut(
+        p,
+        "--confounds",
+        key="clean.confound_columns",
+        type=comma_separated,
+        help="comma-separated fMRIPrep confound columns to regress out",
+    )
+    shortcut(p, "--shard-mb", key="shard_mb", type=float, help="target shard size (128)")
+    shortcut(
+        p, "--scans-per-shard", key="scans_per_shard", type=int, help="fixed scans per shard (overrides --shard-mb)"
+    )
+    shortcut(p, "--workers", key="workers", type=int, help="parallel workers (default: the cluster's CPUs)")
+    shortcut(p, "--quiet", key="quiet", action="store_true", help="no progress bar")
+    shortcut(
+        p,
+        "--overwrite",
+        key="overwrite",
+        action="store_true",
+        help="replace a complete dataset at --out (atomically: the old one stays readable until the "
+        "new manifest is written); an unfinished ingest there is resumed without it",
+    )
 
-    dataset = sub.add_parser("dataset", help="inspect ingested datasets").add_subparsers(dest="dataset_cmd",
-                                                                                         required=True)
-    p = dataset.add_parser("info", help="print a dataset's manifest and counts")
-    p.add_argument("uri")
-    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    p.set_defaults(func=cmd_dataset_info)
+    dataset = sub.add_parser("dataset", help="inspect ingested datasets").add_subparsers(
+        dest="dataset_cmd", required=True
+    )
+    p = add_command(
+        dataset,
+        "info",
+        "DatasetInfoOptions",
+        cmd_dataset_info,
+        help="print a dataset's manifest and counts",
+        positionals=(("uri", "ingested dataset (path, file:// or s3://)"),),
+    )
+    shortcut(p, "--json", key="json", action="store_true", help="print the whole manifest as JSON")
 
-    p = sub.add_parser("synth", help="write a synthetic cohort (BIDS tree of 4-D NIfTI + atlas, or ingested)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--subjects", type=int, default=16)
-    p.add_argument("--rois", type=int, default=24)
-    p.add_argument("--format", default="bids", choices=["bids", "parquet"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output of the same format")
-    p.set_defaults(func=cmd_synth)
+    p = add_command(
+        sub,
+        "synth",
+        "SynthCommand",
+        cmd_synth,
+        help="write a synthetic cohort (BIDS tree of 4-D NIfTI + atlas, or ingested)",
+    )
+    shortcut(p, "--out", key="out", help="output folder or dataset URI")
+    shortcut(p, "--subjects", key="subjects", type=int, help="default 16")
+    shortcut(p, "--rois", key="rois", type=int, help="default 24")
+    shortcut(p, "--format", key="format", choices=["bids", "parquet"], help="default bids")
+    shortcut(p, "--seed", key="seed", type=int)
+    shortcut(p, "--quiet", key="quiet", action="store_true")
+    shortcut(
+        p, "--overwrite", key="overwrite", action="store_true", help="replace an existing output of the same format"
+    )

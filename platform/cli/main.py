@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
+import re
 import select
 import sys
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from brainjepa_platform.cli.options import add_command, base_options, comma_separated, keys_given, shortcut
 from brainjepa_platform.errors import (
     DEBUG_ENV,
     EXIT_BROKEN_PIPE,
@@ -21,17 +26,19 @@ from brainjepa_platform.errors import (
     debug_enabled,
     user_error_message,
 )
+from brainjepa_platform.tables import format_fields
+
+if TYPE_CHECKING:
+    from brainjepa_platform.cli.commands import GradientsCommand
+    from brainjepa_platform.cli.demo import DemoOptions
+    from brainjepa_platform.cli.model_commands import PretrainLocalCommand
 
 EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the traceback), 3 done with some
 inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
 141 the output pipe was closed (e.g. `| head`)."""
-
-
-def _print_table(rows: dict[str, object]) -> None:
-    width = max(len(k) for k in rows)
-    for key, value in rows.items():
-        shown = f"{value:.4g}" if isinstance(value, float) else value
-        print(f"  {key:<{width}}  {shown}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_HANDLER = "brainjepa-cli"
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
@@ -55,7 +62,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
     else:
         print(f"Masks on a {args.rois} ROI x {p} time-patch grid ({args.samples} samples, seed {args.seed}):")
-        _print_table({k: v for k, v in stats.items() if k != "config"})
+        print(format_fields({k: v for k, v in stats.items() if k != "config"}))
     ok = stats["overlap_tokens"] == 0 and stats["samples_missing_region"] == 0
     return 0 if ok and np.isfinite(stats["context_tokens_mean"]) else 1
 
@@ -73,43 +80,42 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
         size=args.model, n_rois=args.rois, frames=args.frames, patch=args.patch, n_gradients=args.gradients
     )
     result = benchmark_step(
-        cfg, batch=args.batch, steps=args.steps, warmup=args.warmup, device=args.device, dtype=args.dtype,
+        cfg,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
         seed=args.seed,
     )
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:
         print(f"Pretraining step, {args.model} at {args.rois} ROIs x {args.frames} frames:")
-        _print_table(asdict(result))
+        print(format_fields(asdict(result)))
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(opts: DemoOptions, args: argparse.Namespace) -> int:
     """The whole pipeline end to end on embedded defaults (see brainjepa_platform.cli.demo)."""
-    from brainjepa_platform.cli.demo import DemoOptions, run_demo
+    from brainjepa_platform.cli.demo import run_demo
     from brainjepa_platform.cluster.connect import init_ray, run_interruptible
 
-    targets = tuple(t for t in args.targets.split(",") if t)
     init_ray()  # in the main thread; the steps run in a worker thread so that Ctrl-C reaches this command
-    demo = run_interruptible(run_demo, DemoOptions(subjects=args.subjects, minutes=args.minutes, out=args.out,
-                                                   workers=args.workers, targets=targets, seeds=args.seeds))
+    demo = run_interruptible(run_demo, opts)
     print()
     print(demo.summary())
     return 0
 
 
-def cmd_pretrain_local(args: argparse.Namespace) -> int:
+def cmd_pretrain_local(opts: PretrainLocalCommand, args: argparse.Namespace) -> int:
     """Small single-process pretraining on a synthetic cohort (no Ray); prints the loss falling."""
-    from brainjepa.config import load_config
     from brainjepa.local import LocalPretrainConfig, run_local_pretraining
     from brainjepa.masks import MaskCollator
     from brainjepa_platform.plots import plot_masks, plot_training_curves
 
-    overrides = list(args.overrides)
-    if args.steps:
-        overrides.append(f"steps={args.steps}")
-    cfg = load_config(LocalPretrainConfig, args.config, overrides)
-    out = Path(args.out)
+    cfg = base_options(opts, LocalPretrainConfig)
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     m = cfg.model
@@ -148,25 +154,26 @@ def cmd_pretrain_local(args: argparse.Namespace) -> int:
     return 0 if last < first else 1
 
 
-def cmd_gradients(args: argparse.Namespace) -> int:
+def cmd_gradients(opts: GradientsCommand, args: argparse.Namespace) -> int:
     """Diffusion-map gradients of a group FC matrix, saved as a versioned artifact (and plotted)."""
-    from brainjepa.gradients import DEFAULT_COMPONENTS, GradientParams
     from brainjepa_platform.data.gradient_artifacts import GradientsRequest, run_gradients
 
-    params = GradientParams(n_components=args.n_components or DEFAULT_COMPONENTS, kernel=args.kernel,
-                            sparsity=args.sparsity, alpha=args.alpha)
-    request = GradientsRequest(source=args.source, out=args.out, params=params, labels=args.labels,
-                               align_to=args.align_to, atlas=args.atlas, cohort=args.cohort, plot=args.plot,
-                               auto_components=args.n_components is None)
+    request = base_options(opts, GradientsRequest)
+    given = keys_given(args)
+    if "auto_components" not in given:  # an atlas of R <= 30 ROIs: R-1 gradients unless a number was asked for
+        request.auto_components = "params.n_components" not in given
+    params = request.params
     summary = run_gradients(request)
     if "note" in summary:
         print(f"Note: {summary['note']}", file=sys.stderr)
-    if args.json:
+    if opts.json:
         print(json.dumps(summary, indent=2))
         return 0
     lam = ", ".join(f"{v:.4f}" for v in summary["eigenvalues"][:5])
-    print(f"Gradients of {summary['n_rois']} ROIs: {summary['n_components']} components ({params.kernel}, "
-          f"sparsity {params.sparsity}, alpha {params.alpha}); first eigenvalues {lam}")
+    print(
+        f"Gradients of {summary['n_rois']} ROIs: {summary['n_components']} components ({params.kernel}, "
+        f"sparsity {params.sparsity}, alpha {params.alpha}); first eigenvalues {lam}"
+    )
     if summary["params"]["aligned_to"]:
         print(f"  Procrustes-aligned to {summary['params']['aligned_to']}")
     print(f"Wrote {summary['artifact']}" + (f", {summary['plot']}" if "plot" in summary else ""))
@@ -175,8 +182,16 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainjepa", description=__doc__, epilog=EPILOG)
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show tracebacks of errors and Ray's own logs (or set {DEBUG_ENV}=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show tracebacks of errors and Ray's own logs (or set {DEBUG_ENV}=1)"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="level of brainjepa's own log lines on stderr (default WARNING; DEBUG with --debug)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("masks", help="draw spatiotemporal masks, verify invariants, summarise (and plot)")
@@ -208,58 +223,145 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_bench_step)
 
-    p = sub.add_parser("demo", help="the whole pipeline end to end: synth -> ingest -> gradients -> pretrain -> "
-                                    "register -> evaluate, with pictures")
-    p.add_argument("--subjects", type=int, default=40, help="synthetic subjects (some have 2 sessions or runs)")
-    p.add_argument("--minutes", type=float, default=4.0, help="approximate pretraining budget")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.add_argument("--targets", default="coupling,age", help="phenotypes to evaluate, comma-separated")
-    p.add_argument("--seeds", type=int, default=3, help="repeated subject-level splits per evaluation")
-    p.add_argument("--out", default="demo-output", help="folder for everything the demo makes")
-    p.set_defaults(func=cmd_demo)
+    p = add_command(
+        sub,
+        "demo",
+        "demo:DemoOptions",
+        cmd_demo,
+        help="the whole pipeline end to end: synth -> ingest -> gradients -> pretrain -> register -> "
+        "evaluate, with pictures",
+    )
+    shortcut(p, "--subjects", key="subjects", type=int, help="synthetic subjects (some have 2 sessions or runs; 40)")
+    shortcut(p, "--minutes", key="minutes", type=float, help="approximate pretraining budget (4)")
+    shortcut(p, "--workers", key="workers", type=int, help="Ray Train workers (2)")
+    shortcut(
+        p,
+        "--targets",
+        key="targets",
+        type=comma_separated,
+        help="phenotypes to evaluate, comma-separated (coupling,age)",
+    )
+    shortcut(p, "--seeds", key="seeds", type=int, help="repeated subject-level splits per evaluation (3)")
+    shortcut(p, "--out", key="out", help="folder for everything the demo makes (demo-output)")
 
-    p = sub.add_parser("pretrain-local", help="single-process pretraining on synthetic data (no Ray), loss curve")
-    p.add_argument("--config", help="YAML config (LocalPretrainConfig); defaults are built in")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides the config)")
-    p.add_argument("--out", default="local-output", help="folder for the config, checkpoint and pictures")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.size=tiny")
-    p.set_defaults(func=cmd_pretrain_local)
+    p = add_command(
+        sub,
+        "pretrain-local",
+        "model_commands:PretrainLocalCommand",
+        cmd_pretrain_local,
+        help="single-process pretraining on synthetic data (no Ray), loss curve",
+        overrides_help="config overrides, e.g. model.size=tiny",
+    )
+    shortcut(p, "--steps", key="steps", type=int, help="optimizer steps")
+    shortcut(p, "--out", key="out", help="folder for the config, checkpoint and pictures (local-output)")
 
-    p = sub.add_parser("gradients", help="diffusion-map brain gradients of a group FC matrix or an ingested dataset "
-                                         "-> versioned artifact")
-    p.add_argument("source", metavar="SOURCE", help="group FC matrix: .npy, .csv or .tsv (local path or file:// URI), "
-                                                    "or an ingested dataset (path, file:// or s3://)")
-    p.add_argument("--out", required=True, metavar="PATH", help="artifact to write (.npz)")
-    p.add_argument("--n-components", type=int, help="number of gradients (default: 30, or R-1 for an atlas of "
-                                                    "R <= 30 ROIs)")
-    p.add_argument("--kernel", default="normalized_angle", choices=["normalized_angle", "cosine"])
-    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of each FC row zeroed before the kernel")
-    p.add_argument("--alpha", type=float, default=0.5, help="anisotropic diffusion parameter")
-    p.add_argument("--labels", metavar="LABELS_FILE", help="ROI labels, one per line (or a Schaefer lookup table)")
-    p.add_argument("--align-to", metavar="ARTIFACT", help="Procrustes-align to this gradient artifact")
-    p.add_argument("--atlas", default="unspecified", help="atlas name recorded in the artifact")
-    p.add_argument("--cohort", default="", help="cohort description recorded in the artifact")
-    p.add_argument("--plot", metavar="PNG", help="gradient 1 vs 2 scatter and scree plot")
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.set_defaults(func=cmd_gradients)
+    p = add_command(
+        sub,
+        "gradients",
+        "GradientsCommand",
+        cmd_gradients,
+        help="diffusion-map brain gradients of a group FC matrix or an ingested dataset -> versioned artifact",
+        positionals=(
+            (
+                "source",
+                "group FC matrix: .npy, .csv or .tsv (local path or file:// URI), or an "
+                "ingested dataset (path, file:// or s3://)",
+            ),
+        ),
+    )
+    shortcut(p, "--out", key="out", metavar="PATH", help="artifact to write (.npz)")
+    shortcut(
+        p,
+        "--n-components",
+        key="params.n_components",
+        type=int,
+        help="number of gradients (default: 30, or R-1 for an atlas of R <= 30 ROIs)",
+    )
+    shortcut(
+        p, "--kernel", key="params.kernel", choices=["normalized_angle", "cosine"], help="default normalized_angle"
+    )
+    shortcut(
+        p,
+        "--sparsity",
+        key="params.sparsity",
+        type=float,
+        help="fraction of each FC row zeroed before the kernel (0.9)",
+    )
+    shortcut(p, "--alpha", key="params.alpha", type=float, help="anisotropic diffusion parameter (0.5)")
+    shortcut(
+        p, "--labels", key="labels", metavar="LABELS_FILE", help="ROI labels, one per line (or a Schaefer lookup table)"
+    )
+    shortcut(p, "--align-to", key="align_to", metavar="ARTIFACT", help="Procrustes-align to this gradient artifact")
+    shortcut(p, "--atlas", key="atlas", help="atlas name recorded in the artifact")
+    shortcut(p, "--cohort", key="cohort", help="cohort description recorded in the artifact")
+    shortcut(p, "--plot", key="plot", metavar="PNG", help="gradient 1 vs 2 scatter and scree plot")
+    shortcut(p, "--json", key="json", action="store_true", help="print JSON only")
 
     from brainjepa_platform.cli import data, evaluate, submit, sweep, train, weights
 
     for group in (data, train, evaluate, submit, sweep, weights):
         group.register(sub)
-    _debug_flag_everywhere(parser)
+    _global_options_everywhere(parser)
     return parser
 
 
-def _debug_flag_everywhere(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` also after any subcommand (``brainjepa ingest ... --debug``)."""
+def _global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``--log-level`` also after any subcommand (``brainjepa ingest ... --debug``)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
                 if not any("--debug" in a.option_strings for a in subparser._actions):
-                    subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                           help=argparse.SUPPRESS)
-                _debug_flag_everywhere(subparser)
+                    subparser.add_argument(
+                        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                    )
+                if not any("--log-level" in a.option_strings for a in subparser._actions):
+                    subparser.add_argument(
+                        "--log-level",
+                        type=str.upper,
+                        choices=LOG_LEVELS,
+                        default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS,
+                    )
+                _global_options_everywhere(subparser)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, where ``key=value`` overrides may also come after a positional argument and an
+    option (``gradients FC --out G params.kernel=cosine``: argparse matches ``FC`` and an empty list of
+    overrides at once, and would refuse the rest)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all(OVERRIDE.match(item) for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+class _StderrHandler(logging.StreamHandler):
+    """To whatever ``sys.stderr`` is when a line is logged (not the stream of when the handler was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(level: str, command: str) -> None:
+    """Log lines of brainjepa's own loggers (``brainjepa``, ``brainjepa_platform``) go to stderr from ``level``
+    on, once per command (a second ``main()`` in the same process replaces the handler); other libraries'
+    logging stays as they set it."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"brainjepa {command}: %(levelname)s: %(message)s"))
+    handler.set_name(LOG_HANDLER)
+    for name in ("brainjepa", "brainjepa_platform"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.get_name() == LOG_HANDLER]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
 
 
 # What an interrupted command leaves behind (``{name}`` are its arguments); commands that know more
@@ -280,7 +382,9 @@ def command_name(args: argparse.Namespace) -> str:
 
 def interrupted_message(args: argparse.Namespace) -> str:
     """One line: where the command stopped, what is on disk, how to go on."""
-    note = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command, NOTHING_KEPT).format(**vars(args))
+    options = getattr(args, "options", None)  # a command's resolved options (``out``, ...)
+    fields = {**vars(args), **(to_dict(options) if dataclasses.is_dataclass(options) else {})}
+    note = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command, NOTHING_KEPT).format(**fields)
     return f"brainjepa {command_name(args)}: interrupted (Ctrl-C); {note}"
 
 
@@ -303,7 +407,8 @@ def _close_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 2 error (one line on stderr), 3 some inputs quarantined
     (ingest), 130 interrupted, 141 output pipe closed; tracebacks only for bugs (and with --debug)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    configure_logging(args.log_level or ("DEBUG" if args.debug or debug_enabled() else "WARNING"), command_name(args))
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # Ray workers and jobs inherit it
     else:  # MLflow's per-artifact progress bars (several per model loaded or registered)

@@ -30,21 +30,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from brainjepa_platform.cluster.submit import JobRequest, read_token, submit
 
     if not args.address:
-        print("brainjepa submit: error: give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)",
-              file=sys.stderr)
+        print(
+            "brainjepa submit: error: give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)", file=sys.stderr
+        )
         return 2
     job_args = list(args.args)
     if job_args[:1] == ["--"]:
         job_args = job_args[1:]
-    request = JobRequest(kind=args.kind, args=job_args, config=getattr(args, "config", None),
-                         env_names=list(args.env), root=Path(args.working_dir))
+    request = JobRequest(
+        kind=args.kind,
+        args=job_args,
+        config=getattr(args, "config", None),
+        env_names=list(args.env),
+        root=Path(args.working_dir),
+    )
     token = read_token(args.token_file) if args.token_file else None
     try:
         return submit(request, args.address, token=token, wait=not args.no_wait)
     except AuthenticationError as exc:
-        print(f"brainjepa submit: error: the cluster at {args.address} refused the request: {exc}\n"
-              "  with token authentication: export RAY_AUTH_MODE=token and put the cluster's token in "
-              "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN), or pass --token-file", file=sys.stderr)
+        print(
+            f"brainjepa submit: error: the cluster at {args.address} refused the request: {exc}\n"
+            "  with token authentication: export RAY_AUTH_MODE=token and put the cluster's token in "
+            "~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN), or pass --token-file",
+            file=sys.stderr,
+        )
         return 2
     except ConnectionError as exc:
         print(f"brainjepa submit: error: cannot reach the job API at {args.address}: {exc}", file=sys.stderr)
@@ -52,20 +61,36 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _add_kind(kinds: argparse._SubParsersAction, kind: str) -> None:
-    p = kinds.add_parser(kind, help=HELP[kind], description=HELP[kind], epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
-                   help="Ray dashboard / job API address, e.g. http://127.0.0.1:8265 (default: "
-                        "$RAY_API_SERVER_ADDRESS)")
+    p = kinds.add_parser(
+        kind,
+        help=HELP[kind],
+        description=HELP[kind],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+        help="Ray dashboard / job API address, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)",
+    )
     if kind != "ingest":
         p.add_argument("--config", help="YAML config, relative to the checkout (e.g. configs/pretrain/base.yaml)")
-    p.add_argument("--env", action="append", default=[], metavar="NAME",
-                   help="also forward this (non-secret) variable's local value to the job; repeatable")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also forward this (non-secret) variable's local value to the job; repeatable",
+    )
     p.add_argument("--token-file", metavar="PATH", help="Ray auth token file (else Ray's own lookup applies)")
     p.add_argument("--working-dir", default=".", help="brainjepa checkout to ship (default: .)")
     p.add_argument("--no-wait", action="store_true", help="submit and return without following the logs")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="arguments for the job script, e.g. data.dataset=s3://bucket/ukb train.num_workers=8")
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="arguments for the job script, e.g. data.dataset=s3://bucket/ukb train.num_workers=8",
+    )
     p.set_defaults(func=cmd_submit)
 
 

@@ -3,59 +3,102 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+from brainjepa_platform.cli.options import add_command, base_options, shortcut
+
+if TYPE_CHECKING:
+    from brainjepa_platform.cli.commands import ExportOptions
+    from brainjepa_platform.cli.model_commands import ImportCommand
 
 
-def cmd_import_checkpoint(args: argparse.Namespace) -> int:
+def cmd_import_checkpoint(opts: ImportCommand, args: argparse.Namespace) -> int:
     from brainjepa_platform.tracking.authors_checkpoints import ImportRequest, import_checkpoint
-    from brainjepa_platform.tracking.registry import check_tracking_uri
+    from brainjepa_platform.tracking.store import check_tracking_uri
 
-    tracking_uri = check_tracking_uri(args.tracking_uri)
-    request = ImportRequest(checkpoint=args.checkpoint, gradients=args.gradients, labels=args.labels,
-                            stats=args.stats, tr=args.tr, name=args.name, which=args.which, heads=args.heads,
-                            atlas=args.atlas)
+    tracking_uri = check_tracking_uri(opts.tracking_uri or None)
+    request = base_options(opts, ImportRequest)
     result = import_checkpoint(request, tracking_uri)
     cfg = result.config
-    print(f"Imported the {args.which} encoder of {args.checkpoint} (epoch {result.epoch}): width {cfg.dim}, "
-          f"{cfg.depth} blocks, {cfg.heads} heads, {cfg.n_rois} ROIs x {cfg.frames} frames (patch {cfg.patch}), "
-          f"{cfg.n_gradients} gradients, target TR {args.tr}s, in {result.seconds:.1f}s")
+    print(
+        f"Imported the {opts.which} encoder of {opts.checkpoint} (epoch {result.epoch}): width {cfg.dim}, "
+        f"{cfg.depth} blocks, {cfg.heads} heads, {cfg.n_rois} ROIs x {cfg.frames} frames (patch {cfg.patch}), "
+        f"{cfg.n_gradients} gradients, target TR {opts.tr}s, in {result.seconds:.1f}s"
+    )
     if result.stats_missing:
-        print("  no --stats: the model has no robust-scaling statistics of its own; embed and evaluate it with "
-              "--scaling dataset (the default)")
+        print(
+            "  no --stats: the model has no robust-scaling statistics of its own; embed and evaluate it with "
+            "--scaling dataset (the default)"
+        )
     print(result.model_uri)
     return 0
 
 
-def cmd_export_checkpoint(args: argparse.Namespace) -> int:
+def cmd_export_checkpoint(opts: ExportOptions, args: argparse.Namespace) -> int:
     from brainjepa_platform.tracking.authors_checkpoints import export_checkpoint
 
-    path, parts = export_checkpoint(args.source, args.out)
+    path, parts = export_checkpoint(opts.source, opts.out)
     print(f"Wrote {path} in the authors' layout ({', '.join(parts)}; DDP 'module.' prefixes, no optimizer state)")
     if "predictor" not in parts:
-        print("  a registered model holds the target encoder only: their downstream scripts read it; to resume "
-              "their pretraining, export a pretraining checkpoint (engine.pt) instead")
+        print(
+            "  a registered model holds the target encoder only: their downstream scripts read it; to resume "
+            "their pretraining, export a pretraining checkpoint (engine.pt) instead"
+        )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-checkpoint", help="register a checkpoint written by the authors' Brain-JEPA code")
-    p.add_argument("checkpoint", metavar="CKPT", help="their save_checkpoint file (path, file:// or s3://)")
-    p.add_argument("--gradients", required=True,
-                   help="their gradient_mapping_*.csv (R x m, no header) or a brainjepa gradient artifact (.npz)")
-    p.add_argument("--labels", help="ROI labels in the model's order (default: the authors' order, 50 Tian-S3 "
-                                    "subcortical ROIs then Schaefer-400, for 450 ROIs)")
-    p.add_argument("--stats", help=".npz with per-ROI 'median' and 'iqr' of the pretraining cohort (default: none; "
-                                   "embed then needs --scaling dataset)")
-    p.add_argument("--tr", type=float, default=0.735, help="seconds between the model's frames (default UKB 0.735)")
-    p.add_argument("--name", default="brainjepa-encoder-imported", help="registered model name")
-    p.add_argument("--which", choices=["target", "context"], default="target", help="which encoder to register")
-    p.add_argument("--heads", type=int, default=0, help="attention heads (default: the ViT preset of the width)")
-    p.add_argument("--atlas", default="", help="atlas name recorded with the model")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.set_defaults(func=cmd_import_checkpoint)
+    p = add_command(
+        sub,
+        "import-checkpoint",
+        "model_commands:ImportCommand",
+        cmd_import_checkpoint,
+        help="register a checkpoint written by the authors' Brain-JEPA code",
+        positionals=(("checkpoint", "their save_checkpoint file (path, file:// or s3://)"),),
+    )
+    shortcut(
+        p,
+        "--gradients",
+        key="gradients",
+        help="their gradient_mapping_*.csv (R x m, no header) or a brainjepa gradient artifact (.npz)",
+    )
+    shortcut(
+        p,
+        "--labels",
+        key="labels",
+        help="ROI labels in the model's order (default: the authors' order, "
+        "50 Tian-S3 subcortical ROIs then Schaefer-400, for 450 ROIs)",
+    )
+    shortcut(
+        p,
+        "--stats",
+        key="stats",
+        help=".npz with per-ROI 'median' and 'iqr' of the pretraining cohort "
+        "(default: none; embed then needs --scaling dataset)",
+    )
+    shortcut(p, "--tr", key="tr", type=float, help="seconds between the model's frames (default UKB 0.735)")
+    shortcut(p, "--name", key="name", help="registered model name (brainjepa-encoder-imported)")
+    shortcut(p, "--which", key="which", choices=["target", "context"], help="which encoder to register (target)")
+    shortcut(p, "--heads", key="heads", type=int, help="attention heads (default: the ViT preset of the width)")
+    shortcut(p, "--atlas", key="atlas", help="atlas name recorded with the model")
+    shortcut(
+        p,
+        "--tracking-uri",
+        key="tracking_uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
 
-    p = sub.add_parser("export-checkpoint", help="write a model in the authors' checkpoint layout")
-    p.add_argument("source", metavar="SOURCE",
-                   help="models:/NAME/VERSION (or @ALIAS, runs:/...) or a pretraining checkpoint (engine.pt or its "
-                        "folder)")
-    p.add_argument("--out", required=True, metavar="CKPT", help="file to write (path, file:// or s3://)")
-    p.set_defaults(func=cmd_export_checkpoint)
+    p = add_command(
+        sub,
+        "export-checkpoint",
+        "ExportOptions",
+        cmd_export_checkpoint,
+        help="write a model in the authors' checkpoint layout",
+        positionals=(
+            (
+                "source",
+                "models:/NAME/VERSION (or @ALIAS, runs:/...) or a pretraining checkpoint (engine.pt or its folder)",
+            ),
+        ),
+    )
+    shortcut(p, "--out", key="out", metavar="CKPT", help="file to write (path, file:// or s3://)")

@@ -13,11 +13,12 @@ the command.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from brainjepa_platform.errors import debug_enabled
@@ -78,6 +79,19 @@ def quiet_ray_data_console() -> None:
             handler.setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def no_ray_data_progress_bars() -> Iterator[None]:
+    """Ray Data datasets created (and iterated) inside show no progress bars: they run under a copy of the
+    current ``DataContext`` with the bars off, and a dataset keeps the context it was created under. The
+    process's own ``DataContext`` is as it was afterwards."""
+    from ray.data import DataContext
+
+    quiet = DataContext.get_current().copy()
+    quiet.enable_progress_bars = False
+    with DataContext.current(quiet):
+        yield
+
+
 def forward_worker_stdout_only() -> None:
     """Of what Ray workers print, show only their standard output (pretraining's rank-0 progress lines),
     without Ray's worker prefix; their standard error, where Ray and its libraries chatter, stays in
@@ -110,8 +124,12 @@ def init_ray(num_cpus: int = 0, worker_output: bool = False) -> None:
         local_ray_settings()
         if quiet:
             logging.getLogger(AUTH_BANNER_LOGGER).setLevel(logging.ERROR)
-        ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                 configure_logging=False, log_to_driver=worker_output)
+        ray.init(
+            num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=worker_output,
+        )
     if quiet:
         quiet_ray_data_console()
         consume_actor_restart_warning()
@@ -140,7 +158,7 @@ def run_interruptible(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     def target() -> None:
         try:
             outcome["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # handed to the main thread
+        except BaseException as exc:  # noqa: BLE001 (handed to the main thread, which re-raises it)
             outcome["error"] = exc
 
     worker = threading.Thread(target=target, name=f"brainjepa-{getattr(fn, '__name__', 'run')}", daemon=True)

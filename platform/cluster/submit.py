@@ -36,8 +36,20 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3
 SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL")
 # What a job needs from the checkout; anything else (data, runs, .env files, virtualenvs) stays local.
 SHIPPED = {"brainjepa": "brainjepa", "platform": "brainjepa_platform", "jobs": "jobs", "configs": "configs"}
-EXCLUDES = [".venv", ".git", "runs", "mlruns", "*.db", "demo-output", ".env", "__pycache__", "*.pyc",
-            ".pytest_cache", ".ruff_cache", "*.egg-info"]
+EXCLUDES = [
+    ".venv",
+    ".git",
+    "runs",
+    "mlruns",
+    "*.db",
+    "demo-output",
+    ".env",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
 MAX_STAGE_BYTES = 50 * 2**20
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -61,8 +73,10 @@ def is_secret_name(name: str) -> bool:
 
 def _check_value(name: str, value: str) -> None:
     if "://" in value and urlsplit(value).password:
-        raise ValueError(f"{name} embeds a password in its URL; give the cluster its credentials "
-                         "(e.g. MLFLOW_TRACKING_USERNAME/PASSWORD in a Secret) and use a URL without them")
+        raise ValueError(
+            f"{name} embeds a password in its URL; give the cluster its credentials "
+            "(e.g. MLFLOW_TRACKING_USERNAME/PASSWORD in a Secret) and use a URL without them"
+        )
 
 
 def job_env(env_names: list[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -70,9 +84,11 @@ def job_env(env_names: list[str], environ: Mapping[str, str] | None = None) -> d
     environ = os.environ if environ is None else environ
     for name in env_names:
         if is_secret_name(name):
-            raise ValueError(f"--env {name}: refusing to forward a secret-looking variable (its name contains "
-                             f"one of {', '.join(SECRET_MARKERS)}); credentials must come from the cluster's "
-                             "environment (Kubernetes Secret, IAM role, instance profile)")
+            raise ValueError(
+                f"--env {name}: refusing to forward a secret-looking variable (its name contains "
+                f"one of {', '.join(SECRET_MARKERS)}); credentials must come from the cluster's "
+                "environment (Kubernetes Secret, IAM role, instance profile)"
+            )
         if name not in environ:
             raise ValueError(f"--env {name}: not set in this environment")
     out = {name: environ[name] for name in (*FORWARDED_ENV, *env_names) if environ.get(name)}
@@ -119,8 +135,10 @@ def stage_code(request: JobRequest, dest: Path) -> Path:
             shutil.copy2(root / config, dest / config)
     size = _tree_bytes(dest)
     if size > MAX_STAGE_BYTES:
-        raise ValueError(f"the job's code is {size / 2**20:.0f} MiB (limit {MAX_STAGE_BYTES / 2**20:.0f} MiB): "
-                         "keep data and runs out of brainjepa/, platform/, jobs/ and configs/")
+        raise ValueError(
+            f"the job's code is {size / 2**20:.0f} MiB (limit {MAX_STAGE_BYTES / 2**20:.0f} MiB): "
+            "keep data and runs out of brainjepa/, platform/, jobs/ and configs/"
+        )
     return dest
 
 
@@ -166,13 +184,13 @@ def follow(client: JobSubmissionClient, job_id: str, out: TextIO, poll_s: float 
     written = [0]
     try:
         asyncio.run(_tail(client, job_id, out, written))
-    except Exception as exc:  # a dropped log stream must not lose the job's outcome
+    except Exception as exc:  # noqa: BLE001 (a dropped log stream must not lose the job's outcome)
         print(f"(log stream interrupted: {exc}; waiting for the job to finish)", file=out, flush=True)
     while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
         time.sleep(poll_s)
     logs = client.get_job_logs(job_id)
     if len(logs) > written[0]:
-        out.write(logs[written[0]:])
+        out.write(logs[written[0] :])
         out.flush()
     return status
 
@@ -196,8 +214,9 @@ def connect(address: str, token: str | None = None) -> JobSubmissionClient:
     return JobSubmissionClient(address, headers=auth_headers(token))
 
 
-def submit(request: JobRequest, address: str, *, token: str | None = None, wait: bool = True,
-           out: TextIO | None = None) -> int:
+def submit(
+    request: JobRequest, address: str, *, token: str | None = None, wait: bool = True, out: TextIO | None = None
+) -> int:
     """Submit ``request`` to the cluster at ``address``; with ``wait``, follow its logs and return its exit code."""
     out = out or sys.stdout
     env_vars = job_env(request.env_names)
@@ -205,20 +224,31 @@ def submit(request: JobRequest, address: str, *, token: str | None = None, wait:
     with tempfile.TemporaryDirectory(prefix="brainjepa-job-") as tmp:
         stage = stage_code(request, Path(tmp) / "job")  # local checks first, then the network
         client = connect(address, token)
-        job_id = _submit_when_ready(client, entrypoint=command, runtime_env=runtime_env(stage, env_vars),
-                                    submission_id=submission_id(request.kind),
-                                    metadata={"brainjepa_kind": request.kind})
+        job_id = _submit_when_ready(
+            client,
+            entrypoint=command,
+            runtime_env=runtime_env(stage, env_vars),
+            submission_id=submission_id(request.kind),
+            metadata={"brainjepa_kind": request.kind},
+        )
     forwarded = ", ".join(sorted(env_vars)) or "none"
     print(f"Submitted {job_id} to {address}: {command}\n  forwarded variables: {forwarded}", file=out, flush=True)
     if not wait:
-        print(f"  follow: ray job logs --follow {job_id} --address {address}\n"
-              f"  stop:   ray job stop {job_id} --address {address}", file=out, flush=True)
+        print(
+            f"  follow: ray job logs --follow {job_id} --address {address}\n"
+            f"  stop:   ray job stop {job_id} --address {address}",
+            file=out,
+            flush=True,
+        )
         return 0
     try:
         status = follow(client, job_id, out)
     except KeyboardInterrupt:
-        print(f"\nStopped following; {job_id} goes on. Stop it with: ray job stop {job_id} --address {address}",
-              file=out, flush=True)
+        print(
+            f"\nStopped following; {job_id} goes on. Stop it with: ray job stop {job_id} --address {address}",
+            file=out,
+            flush=True,
+        )
         return 130
     code = exit_code(status, client.get_job_info(job_id).driver_exit_code)
     print(f"Job {job_id} {status}" + (f" (exit status {code})" if code else ""), file=out, flush=True)

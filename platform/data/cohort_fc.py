@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainjepa.gradients import pearson_fc
-from brainjepa_platform.data.ingestion import read_manifest
+from brainjepa_platform.data.manifest import read_manifest
 from brainjepa_platform.data.reader import shard_dataset
 
 Z_CLIP = 0.999999
@@ -55,12 +55,16 @@ def dataset_group_fc(uri: str, subject_filter: SubjectFilter | None = None) -> t
     """(group FC as tanh of the mean Fisher z, number of scans) over the dataset's scans."""
     import ray
 
-    manifest = read_manifest(uri)
-    r = manifest["atlas"]["n_rois"]
+    r = read_manifest(uri).atlas.n_rois
     ds = shard_dataset(uri, ["subject", "n_rois", "series"])
-    parts = ds.map_batches(FisherZSum, fn_constructor_kwargs={"subject_filter": subject_filter or SubjectFilter()},
-                           batch_format="numpy", batch_size=32, compute=ray.data.ActorPoolStrategy(size=1),
-                           num_cpus=0.5)
+    parts = ds.map_batches(
+        FisherZSum,
+        fn_constructor_kwargs={"subject_filter": subject_filter or SubjectFilter()},
+        batch_format="numpy",
+        batch_size=32,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.5,
+    )
     total, n = np.zeros((r, r)), 0
     for batch in parts.iter_batches(batch_size=None, batch_format="numpy"):
         for zsum, count in zip(batch["zsum"], batch["count"]):

@@ -118,8 +118,9 @@ class LabelExtractor:
 
             target = nib.Nifti1Image(np.zeros(shape, dtype=np.int8), affine)
             try:
-                atlas_img = resample_to_img(atlas_img, target, interpolation="nearest", copy_header=True,
-                                            force_resample=True)
+                atlas_img = resample_to_img(
+                    atlas_img, target, interpolation="nearest", copy_header=True, force_resample=True
+                )
             except Exception as exc:  # noqa: BLE001 - nilearn raises several types for a grid mismatch
                 raise BadInput(
                     f"the atlas cannot be resampled to this BOLD grid {shape}: the atlas and the image are not "
@@ -139,8 +140,9 @@ class LabelExtractor:
                 f"{empty.size} atlas ROIs (e.g. {names}) have no voxels on this BOLD grid {shape}: "
                 "the atlas and the image are not in the same space or field of view"
             )
-        op = sparse.csr_matrix((1.0 / counts[rows], (rows, np.arange(voxels.size))),
-                               shape=(len(self.atlas.values), voxels.size))
+        op = sparse.csr_matrix(
+            (1.0 / counts[rows], (rows, np.arange(voxels.size))), shape=(len(self.atlas.values), voxels.size)
+        )
         self._grids[key] = (voxels, op)
         return voxels, op
 
@@ -266,8 +268,9 @@ def table_shape(head: bytes, name: str, orientation: str, whole: Callable[[], by
         rows, cols = shape
     else:
         first_line = (head if b"\n" in head else whole()).split(b"\n", 1)[0]
-        first = pd.read_csv(io.BytesIO(first_line), sep="," if name.endswith(".csv") else None, engine="python",
-                            header=None).iloc[0]
+        first = pd.read_csv(
+            io.BytesIO(first_line), sep="," if name.endswith(".csv") else None, engine="python", header=None
+        ).iloc[0]
         cols = len(first)
         if pd.to_numeric(first, errors="coerce").isna().any():
             labels = [str(x) for x in first]
@@ -306,8 +309,15 @@ def clean(series: np.ndarray, tr: float, cfg: CleanConfig, confounds: pd.DataFra
         conf = confounds[list(cfg.confound_columns)].fillna(0.0).to_numpy()
         if conf.shape[0] != series.shape[1]:
             raise BadInput(f"confounds have {conf.shape[0]} rows but the scan has {series.shape[1]} frames")
-    out = nilearn_clean(series.T, confounds=conf, detrend=cfg.detrend, standardize=False,
-                        high_pass=cfg.high_pass, low_pass=cfg.low_pass, t_r=tr)
+    out = nilearn_clean(
+        series.T,
+        confounds=conf,
+        detrend=cfg.detrend,
+        standardize=False,
+        high_pass=cfg.high_pass,
+        low_pass=cfg.low_pass,
+        t_r=tr,
+    )
     return out.T
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -24,6 +24,9 @@ from brainjepa.gradients import (
     default_components,
     gradient_artifact,
 )
+
+if TYPE_CHECKING:
+    from brainjepa_platform.data.manifest import Manifest
 
 MATRIX_SUFFIXES = {".npy": None, ".csv": ",", ".tsv": "\t"}
 NOT_YET = "an ingested dataset is given by its folder or URI (the one holding manifest.json)"
@@ -54,8 +57,10 @@ def load_fc_matrix(source: str | Path) -> np.ndarray:
     """Read a square, finite FC matrix; every error names the file."""
     path = local_path(source)
     if not path.exists():
-        raise ValueError(f"{source}: no such file or folder (SOURCE is an FC matrix file or an ingested dataset, "
-                         "the folder holding manifest.json)")
+        raise ValueError(
+            f"{source}: no such file or folder (SOURCE is an FC matrix file or an ingested dataset, "
+            "the folder holding manifest.json)"
+        )
     if path.is_dir() or path.suffix.lower() == ".parquet":
         raise ValueError(f"{path}: {NOT_YET}; give an FC matrix file (.npy, .csv or .tsv)")
     if path.suffix.lower() not in MATRIX_SUFFIXES:
@@ -69,8 +74,9 @@ def load_fc_matrix(source: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: FC matrix must be numeric, got dtype {fc.dtype}")
     bad = np.argwhere(~np.isfinite(fc))
     if len(bad):
-        raise ValueError(f"{path}: FC matrix has {len(bad)} NaN or infinite entries (first at row {bad[0][0]}, "
-                         f"column {bad[0][1]})")
+        raise ValueError(
+            f"{path}: FC matrix has {len(bad)} NaN or infinite entries (first at row {bad[0][0]}, column {bad[0][1]})"
+        )
     return fc.astype(np.float64)
 
 
@@ -112,7 +118,7 @@ class GradientsPlan:
 
     params: GradientParams
     n_rois: int
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     """The dataset's manifest (dataset sources)."""
     fc: np.ndarray | None = None
     """The FC matrix (matrix sources)."""
@@ -134,8 +140,10 @@ def settle_components(request: GradientsRequest, n_rois: int) -> tuple[GradientP
     params, note = request.params, None
     if request.auto_components and params.n_components >= n_rois:
         params = replace(params, n_components=min(params.n_components, default_components(n_rois)))
-        note = (f"{n_rois} ROIs give at most {n_rois - 1} gradients: computing {params.n_components} "
-                f"(--n-components to choose)")
+        note = (
+            f"{n_rois} ROIs give at most {n_rois - 1} gradients: computing {params.n_components} "
+            f"(--n-components to choose)"
+        )
     try:
         check_params(n_rois, params.n_components, params.kernel, params.sparsity, params.alpha)
     except ValueError as exc:
@@ -147,22 +155,26 @@ def plan_gradients(request: GradientsRequest) -> GradientsPlan:
     """Read the source's ROI count (manifest or matrix), labels and alignment reference, settle and check
     the parameters and the output path: every input error surfaces here, before any Ray work."""
     if is_dataset(request.source):
-        from brainjepa_platform.data.ingestion import read_manifest
+        from brainjepa_platform.data.manifest import read_manifest
 
         manifest = read_manifest(request.source)
-        plan = GradientsPlan(request.params, manifest["atlas"]["n_rois"], manifest=manifest,
-                             labels=list(manifest["atlas"]["roi_labels"]))
+        plan = GradientsPlan(
+            request.params, manifest.atlas.n_rois, manifest=manifest, labels=list(manifest.atlas.roi_labels)
+        )
     else:
         fc = load_fc_matrix(request.source)
-        plan = GradientsPlan(request.params, len(fc), fc=fc,
-                             labels=read_roi_labels(request.labels, len(fc)) if request.labels else None)
+        plan = GradientsPlan(
+            request.params, len(fc), fc=fc, labels=read_roi_labels(request.labels, len(fc)) if request.labels else None
+        )
     plan.params, plan.note = settle_components(request, plan.n_rois)
     if request.align_to:
         plan.reference = GradientArtifact.load(local_path(request.align_to))
         want = (plan.n_rois, plan.params.n_components)
         if plan.reference.gradients.shape != want:
-            raise ValueError(f"--align-to {request.align_to}: {plan.reference.gradients.shape[0]} ROIs x "
-                             f"{plan.reference.gradients.shape[1]} gradients, these will be {want[0]} x {want[1]}")
+            raise ValueError(
+                f"--align-to {request.align_to}: {plan.reference.gradients.shape[0]} ROIs x "
+                f"{plan.reference.gradients.shape[1]} gradients, these will be {want[0]} x {want[1]}"
+            )
     out = local_path(request.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the artifact's file name (.npz)")
@@ -180,13 +192,18 @@ def build_artifact(request: GradientsRequest, plan: GradientsPlan) -> GradientAr
 
         init_ray()
         fc, n_scans = dataset_group_fc(request.source)
-        atlas = plan.manifest["atlas"]["name"] if request.atlas == "unspecified" else request.atlas
-        provenance = GradientProvenance(atlas=atlas, source=str(request.source), n_scans=n_scans,
-                                        cohort=request.cohort or f"dataset {plan.manifest['dataset']}, all scans")
+        atlas = plan.manifest.atlas.name if request.atlas == "unspecified" else request.atlas
+        provenance = GradientProvenance(
+            atlas=atlas,
+            source=str(request.source),
+            n_scans=n_scans,
+            cohort=request.cohort or f"dataset {plan.manifest.dataset}, all scans",
+        )
         return gradient_artifact(fc, plan.params, provenance, plan.labels, plan.reference, request.align_to)
     source = local_path(request.source)
-    provenance = GradientProvenance(atlas=request.atlas, source=source.resolve().as_uri(),
-                                    cohort=request.cohort or f"group FC matrix {source.name}")
+    provenance = GradientProvenance(
+        atlas=request.atlas, source=source.resolve().as_uri(), cohort=request.cohort or f"group FC matrix {source.name}"
+    )
     return gradient_artifact(plan.fc, plan.params, provenance, plan.labels, plan.reference, reference_uri)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from brainjepa_platform.cluster.connect import init_ray
+from brainjepa_platform.cluster.connect import init_ray, no_ray_data_progress_bars
 from brainjepa_platform.data.extract import (
     Atlas,
     BadInput,
@@ -37,6 +37,7 @@ from brainjepa_platform.data.extract import (
     table_shape,
     validate,
 )
+from brainjepa_platform.data.manifest import MANIFEST_FILE, Manifest, read_manifest
 from brainjepa_platform.data.outputs import check_output, delete_files
 from brainjepa_platform.data.shards import (
     ChunkReceipt,
@@ -115,7 +116,7 @@ class IngestPlan:
 @dataclass
 class IngestResult:
     out: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     quarantined: list[dict[str, Any]]
     chunks_run: int
     chunks_skipped: int
@@ -129,7 +130,7 @@ class IngestResult:
     @property
     def mostly_quarantined(self) -> bool:
         """More than half of the inputs were quarantined: the atlas or ROI set is likely the wrong one."""
-        return 2 * len(self.quarantined) > len(self.quarantined) + self.manifest["counts"]["scans"]
+        return 2 * len(self.quarantined) > len(self.quarantined) + self.manifest.counts.scans
 
 
 class ChunkIngestor:
@@ -176,19 +177,44 @@ class ChunkIngestor:
                 quarantined.append({"scan_id": spec.scan_id, "path": spec.path, "reason": str(exc)})
             except Exception as exc:  # noqa: BLE001 - an unreadable file must not end the cohort run
                 reason = f"{type(exc).__name__}: {exc}".strip()
-                quarantined.append({"scan_id": spec.scan_id, "path": spec.path, "reason": reason,
-                                    "traceback": traceback.format_exc(limit=3)})
+                quarantined.append(
+                    {
+                        "scan_id": spec.scan_id,
+                        "path": spec.path,
+                        "reason": reason,
+                        "traceback": traceback.format_exc(limit=3),
+                    }
+                )
         opts = self.plan.options
-        table = rows_to_table(rows, self.plan.dataset, self.plan.atlas_name, self.schema, self.pheno_names) \
-            if rows else None
+        table = (
+            rows_to_table(rows, self.plan.dataset, self.plan.atlas_name, self.schema, self.pheno_names)
+            if rows
+            else None
+        )
         sample = stats_sample(rows, opts.stats_frames_per_scan) if rows else None
-        scans = [{"scan_id": r.spec.scan_id, "subject": r.spec.subject, "n_frames": int(r.series.shape[1]),
-                  "tr": r.tr} for r in rows]
+        scans = [
+            {"scan_id": r.spec.scan_id, "subject": r.spec.subject, "n_frames": int(r.series.shape[1]), "tr": r.tr}
+            for r in rows
+        ]
         retry = {"attempts": opts.write_attempts, "base_delay": opts.retry_delay}
-        receipt = commit_chunk(self.out, self.plan.names[index], index, table, sample, scans, quarantined,
-                               time.perf_counter() - start, retry)
-        return {"chunk": index, "rows": receipt.rows, "quarantined": len(quarantined), "bytes": receipt.bytes,
-                "seconds": receipt.seconds}
+        receipt = commit_chunk(
+            self.out,
+            self.plan.names[index],
+            index,
+            table,
+            sample,
+            scans,
+            quarantined,
+            time.perf_counter() - start,
+            retry,
+        )
+        return {
+            "chunk": index,
+            "rows": receipt.rows,
+            "quarantined": len(quarantined),
+            "bytes": receipt.bytes,
+            "seconds": receipt.seconds,
+        }
 
 
 HEAD_BYTES = 1 << 16
@@ -285,27 +311,39 @@ def plan_ingest(source: str, out: str, opts: IngestOptions, generation: str = ""
         params["generation"] = generation
     names = [chunk_name(i, c, params) for i, c in enumerate(chunks)]
     dataset = opts.dataset or os.path.basename(src.path.rstrip("/")) or "dataset"
-    return IngestPlan(out_uri=resolve(out).uri, dataset=dataset, atlas_name=atlas_name, roi_labels=roi_labels,
-                      atlas_image=atlas_image, labels_text=labels_text, chunks=chunks, names=names,
-                      phenotypes=phenotype_columns(specs), options=opts,
-                      inputs=InputReport(found.quarantined, found.ignored, roi_source, generation))
+    return IngestPlan(
+        out_uri=resolve(out).uri,
+        dataset=dataset,
+        atlas_name=atlas_name,
+        roi_labels=roi_labels,
+        atlas_image=atlas_image,
+        labels_text=labels_text,
+        chunks=chunks,
+        names=names,
+        phenotypes=phenotype_columns(specs),
+        options=opts,
+        inputs=InputReport(found.quarantined, found.ignored, roi_source, generation),
+    )
 
 
 def run_chunks(plan: IngestPlan, pending: list[int], progress: bool) -> None:
     """Process ``pending`` chunks on a Ray Data actor pool, with a progress bar over scans."""
     import ray
-    from ray.data import DataContext
     from tqdm import tqdm
 
     init_ray()
-    DataContext.get_current().enable_progress_bars = False
     cpus = int(ray.cluster_resources().get("CPU", 1))
     concurrency = max(1, min(len(pending), plan.options.workers or cpus))
-    ds = ray.data.from_items([{"chunk": i} for i in pending], override_num_blocks=len(pending))
-    ds = ds.map(ChunkIngestor, fn_constructor_kwargs={"plan": plan},
-                compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=1)
     total = sum(len(plan.chunks[i]) for i in pending)
-    with tqdm(total=total, unit="scan", desc="ingest", disable=not progress) as bar:
+    # this bar over scans instead of Ray Data's own bars
+    with no_ray_data_progress_bars(), tqdm(total=total, unit="scan", desc="ingest", disable=not progress) as bar:
+        ds = ray.data.from_items([{"chunk": i} for i in pending], override_num_blocks=len(pending))
+        ds = ds.map(
+            ChunkIngestor,
+            fn_constructor_kwargs={"plan": plan},
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=1,
+        )
         for row in ds.iter_rows():
             bar.update(row["rows"] + row["quarantined"])
             if row["quarantined"]:
@@ -346,41 +384,37 @@ def ingest(source: str, out: str, opts: IngestOptions, progress: bool = True) ->
         run_chunks(plan, pending, progress)
     receipts: list[ChunkReceipt] = [load_receipt(out_loc, name) for name in plan.names]
     quarantined = plan.inputs.quarantined + [q for r in receipts for q in r.quarantined]
-    params = {"format": opts.format, "min_frames": opts.min_frames, "orientation": opts.orientation,
-              "clean": asdict(opts.clean), "source": source}
+    params = {
+        "format": opts.format,
+        "min_frames": opts.min_frames,
+        "orientation": opts.orientation,
+        "clean": asdict(opts.clean),
+        "source": source,
+    }
     columns = phenotype_field_names(plan.phenotypes)
     phenotypes = {columns[k]: kind for k, kind in plan.phenotypes.items()}
-    manifest = build_manifest(out_loc, receipts, plan.dataset, plan.atlas_name, plan.roi_labels, phenotypes,
-                              opts.float16, params, plan.inputs)
+    manifest = build_manifest(
+        out_loc, receipts, plan.dataset, plan.atlas_name, plan.roi_labels, phenotypes, opts.float16, params, plan.inputs
+    )
     retry = {"attempts": opts.write_attempts, "base_delay": opts.retry_delay}
-    write_json(out_loc.child("quarantine.json"), {"quarantined": quarantined, "ignored": plan.inputs.ignored},
-               **retry)
-    write_json(out_loc.child("manifest.json"), manifest, **retry)
+    write_json(out_loc.child("quarantine.json"), {"quarantined": quarantined, "ignored": plan.inputs.ignored}, **retry)
+    write_json(out_loc.child(MANIFEST_FILE), manifest.to_json(), **retry)
     # the new manifest is in place: what no chunk of it owns (a replaced dataset's files) can go
     delete_files(stale_files(out_loc, plan.names))
     if exists(out_loc.child(PENDING_OVERWRITE)):
         delete_files([out_loc.child(PENDING_OVERWRITE)])
-    return IngestResult(out=out_loc.uri, manifest=manifest, quarantined=quarantined,
-                        chunks_run=len(pending), chunks_skipped=len(plan.names) - len(pending),
-                        seconds=time.perf_counter() - start, ignored=plan.inputs.ignored)
-
-
-def read_manifest(uri: str) -> dict[str, Any]:
-    """The manifest of an ingested dataset (a clear error when there is none)."""
-    from brainjepa_platform.storage import read_json
-
-    loc = resolve(uri).child("manifest.json")
-    try:
-        return read_json(loc)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{loc.uri} not found: {uri} is not an ingested dataset, or its ingest has not finished "
-            "(rerun the same `brainjepa ingest` command to complete it)"
-        ) from None
+    return IngestResult(
+        out=out_loc.uri,
+        manifest=manifest,
+        quarantined=quarantined,
+        chunks_run=len(pending),
+        chunks_skipped=len(plan.names) - len(pending),
+        seconds=time.perf_counter() - start,
+        ignored=plan.inputs.ignored,
+    )
 
 
 def shard_locations(uri: str) -> tuple[Location, list[str]]:
     """Filesystem location and the committed shard paths listed in the manifest."""
     loc = resolve(uri)
-    manifest = read_manifest(uri)
-    return loc, [loc.child(s["path"]).path for s in manifest["shards"]]
+    return loc, [loc.child(s.path).path for s in read_manifest(uri).shards]

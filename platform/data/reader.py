@@ -46,13 +46,18 @@ def shard_dataset(uri: str, columns: list[str], passes: int = 1, seed: int = 0, 
     (``num_cpus`` per read task: give the tasks fused after it the same, so they run as one)."""
     import ray
 
-    from brainjepa_platform.data.ingestion import read_manifest  # driver side only: keeps pandas out of the read tasks
+    from brainjepa_platform.data.manifest import read_manifest  # driver side only
 
-    shards = [s["path"] for s in read_manifest(uri)["shards"]]
+    shards = [s.path for s in read_manifest(uri).shards]
     if not shards:
         raise ValueError(f"dataset {uri} has no shards (see its quarantine.json)")
     items = [{"pass": k, "path": shards[i]} for k, i in shard_order(len(shards), max(1, passes), seed)]
     # one block per shard read, so reads run in parallel and stream in order
     listing = ray.data.from_items(items, override_num_blocks=len(items))
-    return listing.map_batches(read_shards, fn_kwargs={"uri": resolve(uri).uri, "columns": columns}, batch_size=1,
-                               batch_format="numpy", num_cpus=num_cpus)
+    return listing.map_batches(
+        read_shards,
+        fn_kwargs={"uri": resolve(uri).uri, "columns": columns},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=num_cpus,
+    )

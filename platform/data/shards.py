@@ -1,4 +1,5 @@
-"""Dataset layout in object storage, shard writing with receipts, and the manifest.
+"""Dataset layout in object storage, shard writing with receipts, and the manifest built from them
+(its type: ``data.manifest.Manifest``).
 
     OUT/manifest.json                       written last: readers start here
     OUT/quarantine.json                     scans left out, with file and reason
@@ -30,6 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from brainjepa.preprocess import RobustStats
+from brainjepa_platform.data.manifest import (
+    SCHEMA_VERSION,
+    AtlasInfo,
+    Counts,
+    Manifest,
+    ManifestStats,
+    Range,
+    ScanLength,
+    SeriesLayout,
+    ShardInfo,
+)
 from brainjepa_platform.data.sources import ScanSpec
 from brainjepa_platform.storage import (
     Location,
@@ -41,7 +53,6 @@ from brainjepa_platform.storage import (
     write_json,
 )
 
-SCHEMA_VERSION = 1
 ID_COLUMNS = ("dataset", "scan_id", "subject", "session", "task", "run", "source", "atlas")
 
 
@@ -69,15 +80,24 @@ def phenotype_field_names(phenotypes: dict[str, str]) -> dict[str, str]:
     return {k: (f"pheno_{k}" if k in core else k) for k in phenotypes}
 
 
-def rows_to_table(rows: list[ScanRow], dataset: str, atlas: str, schema: pa.Schema,
-                  pheno_names: dict[str, str]) -> pa.Table:
+def rows_to_table(
+    rows: list[ScanRow], dataset: str, atlas: str, schema: pa.Schema, pheno_names: dict[str, str]
+) -> pa.Table:
     value_type = schema.field("series").type.value_type
     np_type = np.float16 if value_type == pa.float16() else np.float32
     columns: dict[str, list[Any]] = {f.name: [] for f in schema}
     for row in rows:
         s = row.spec
-        ids = {"dataset": dataset, "scan_id": s.scan_id, "subject": s.subject, "session": s.session,
-               "task": s.task, "run": s.run, "source": s.path, "atlas": atlas}
+        ids = {
+            "dataset": dataset,
+            "scan_id": s.scan_id,
+            "subject": s.subject,
+            "session": s.session,
+            "task": s.task,
+            "run": s.run,
+            "source": s.path,
+            "atlas": atlas,
+        }
         for k, v in ids.items():
             columns[k].append(v)
         columns["tr"].append(row.tr)
@@ -100,8 +120,9 @@ def table_bytes(table: pa.Table, rows_per_group: int = 32) -> bytes:
 
 
 def chunk_name(index: int, specs: list[ScanSpec], params: dict[str, Any]) -> str:
-    digest = hashlib.sha1(json.dumps([[s.scan_id, s.path] for s in specs] + [params], sort_keys=True,
-                                     default=str).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(
+        json.dumps([[s.scan_id, s.path] for s in specs] + [params], sort_keys=True, default=str).encode()
+    ).hexdigest()[:10]
     return f"shard-{index:05d}-{digest}"
 
 
@@ -131,9 +152,17 @@ class ChunkReceipt:
     seconds: float = 0.0
 
 
-def commit_chunk(out: Location, name: str, index: int, table: pa.Table | None, sample: np.ndarray | None,
-                 scans: list[dict[str, Any]], quarantined: list[dict[str, Any]], seconds: float,
-                 retry: dict[str, Any]) -> ChunkReceipt:
+def commit_chunk(
+    out: Location,
+    name: str,
+    index: int,
+    table: pa.Table | None,
+    sample: np.ndarray | None,
+    scans: list[dict[str, Any]],
+    quarantined: list[dict[str, Any]],
+    seconds: float,
+    retry: dict[str, Any],
+) -> ChunkReceipt:
     """Write shard, then statistics sample, then the receipt that marks the chunk done."""
     shard = stats = None
     size = 0
@@ -147,8 +176,9 @@ def commit_chunk(out: Location, name: str, index: int, table: pa.Table | None, s
         buf = io.BytesIO()
         np.save(buf, sample, allow_pickle=False)
         write_bytes(out.child(stats), buf.getvalue(), **retry)
-    receipt = ChunkReceipt(index, name, shard, 0 if table is None else table.num_rows, size, scans, quarantined,
-                           stats, seconds)
+    receipt = ChunkReceipt(
+        index, name, shard, 0 if table is None else table.num_rows, size, scans, quarantined, stats, seconds
+    )
     write_json(out.child(f"_ingest/receipts/{name}.json"), asdict(receipt), **retry)
     return receipt
 
@@ -161,8 +191,12 @@ def stale_files(out: Location, names: list[str]) -> list[Location]:
     """Files under the dataset's chunk folders that belong to no chunk in ``names``: shards of a replaced
     dataset or of an abandoned ingest with other parameters, and temporary files of killed writers."""
     keep = set(names)
-    return [f for folder in DATASET_FOLDERS for f in list_files(out.child(folder))
-            if f.path.rsplit("/", 1)[-1].split(".", 1)[0] not in keep]
+    return [
+        f
+        for folder in DATASET_FOLDERS
+        for f in list_files(out.child(folder))
+        if f.path.rsplit("/", 1)[-1].split(".", 1)[0] not in keep
+    ]
 
 
 def receipt_exists(out: Location, name: str) -> bool:
@@ -182,8 +216,9 @@ def cohort_stats(out: Location, receipts: list[ChunkReceipt], max_frames: int = 
     total = sum(s.shape[1] for s in samples)
     if total > max_frames:
         rng = np.random.default_rng(0)
-        samples = [s[:, rng.choice(s.shape[1], max(1, round(max_frames * s.shape[1] / total)), replace=False)]
-                   for s in samples]
+        samples = [
+            s[:, rng.choice(s.shape[1], max(1, round(max_frames * s.shape[1] / total)), replace=False)] for s in samples
+        ]
     values = np.concatenate(samples, axis=1).astype(np.float64)
     q25, median, q75 = np.percentile(values, [25, 50, 75], axis=1)
     return RobustStats(median=median, iqr=np.maximum(q75 - q25, 1e-6))
@@ -196,15 +231,26 @@ def versions() -> dict[str, str]:
 
     import brainjepa
 
-    return {"brainjepa": brainjepa.__version__, "python": std_platform.python_version(), "pyarrow": pa.__version__,
-            "numpy": np.__version__, "nibabel": nibabel.__version__, "nilearn": nilearn.__version__,
-            "ray": ray.__version__}
+    return {
+        "brainjepa": brainjepa.__version__,
+        "python": std_platform.python_version(),
+        "pyarrow": pa.__version__,
+        "numpy": np.__version__,
+        "nibabel": nibabel.__version__,
+        "nilearn": nilearn.__version__,
+        "ray": ray.__version__,
+    }
 
 
-def scan_lengths(scans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def scan_lengths(scans: list[dict[str, Any]]) -> tuple[ScanLength, ...]:
     """How many scans have each (n_frames, tr): enough to count the scans long enough for any window."""
     counts = Counter((int(s["n_frames"]), float(s["tr"])) for s in scans)
-    return [{"n_frames": n, "tr": tr, "scans": k} for (n, tr), k in sorted(counts.items())]
+    return tuple(ScanLength(n_frames=n, tr=tr, scans=k) for (n, tr), k in sorted(counts.items()))
+
+
+def value_range(values: list[float]) -> Range | None:
+    """Smallest and largest of ``values`` (None when there are none)."""
+    return Range(min=min(values), max=max(values)) if values else None
 
 
 @dataclass
@@ -218,9 +264,17 @@ class InputReport:
     generation: str = ""
 
 
-def build_manifest(out: Location, receipts: list[ChunkReceipt], dataset: str, atlas: str, roi_labels: list[str],
-                   phenotypes: dict[str, str], float16: bool, parameters: dict[str, Any],
-                   inputs: InputReport | None = None) -> dict[str, Any]:
+def build_manifest(
+    out: Location,
+    receipts: list[ChunkReceipt],
+    dataset: str,
+    atlas: str,
+    roi_labels: list[str],
+    phenotypes: dict[str, str],
+    float16: bool,
+    parameters: dict[str, Any],
+    inputs: InputReport | None = None,
+) -> Manifest:
     """Assemble the manifest from every chunk's receipt (after all chunks are done)."""
     inputs = inputs or InputReport()
     scans = [s for r in receipts for s in r.scans]
@@ -229,26 +283,35 @@ def build_manifest(out: Location, receipts: list[ChunkReceipt], dataset: str, at
     trs = [s["tr"] for s in scans]
     frames = [s["n_frames"] for s in scans]
     durations = [s["n_frames"] * s["tr"] for s in scans]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": dataset,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "generation": inputs.generation,
-        "atlas": {"name": atlas, "n_rois": len(roi_labels), "roi_labels": roi_labels,
-                  "decided_by": inputs.roi_source},
-        "series": {"column": "series", "layout": "row-major (n_rois, n_frames), flattened",
-                   "dtype": "float16" if float16 else "float32"},
-        "counts": {"scans": len(scans), "subjects": len({s["subject"] for s in scans}),
-                   "quarantined": len(quarantined), "ignored": len(inputs.ignored),
-                   "shards": sum(1 for r in receipts if r.shard), "frames": int(sum(frames))},
-        "tr_seconds": {"min": min(trs), "max": max(trs)} if trs else None,
-        "n_frames": {"min": min(frames), "max": max(frames)} if frames else None,
-        "duration_seconds": {"min": min(durations), "max": max(durations)} if durations else None,
-        "scan_lengths": scan_lengths(scans),
-        "phenotypes": phenotypes,
-        "shards": [{"path": r.shard, "rows": r.rows, "bytes": r.bytes} for r in receipts if r.shard],
-        "robust_stats": None if stats is None else {**stats.to_dict(), "method": "per-ROI median and IQR"},
-        "parameters": parameters,
-        "command": " ".join(sys.argv),
-        "versions": versions(),
-    }
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        dataset=dataset,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        generation=inputs.generation,
+        atlas=AtlasInfo(name=atlas, n_rois=len(roi_labels), roi_labels=tuple(roi_labels), decided_by=inputs.roi_source),
+        series=SeriesLayout(
+            column="series", layout="row-major (n_rois, n_frames), flattened", dtype="float16" if float16 else "float32"
+        ),
+        counts=Counts(
+            scans=len(scans),
+            subjects=len({s["subject"] for s in scans}),
+            quarantined=len(quarantined),
+            ignored=len(inputs.ignored),
+            shards=sum(1 for r in receipts if r.shard),
+            frames=int(sum(frames)),
+        ),
+        tr_seconds=value_range(trs),
+        n_frames=value_range(frames),
+        duration_seconds=value_range(durations),
+        scan_lengths=scan_lengths(scans),
+        phenotypes=dict(phenotypes),
+        shards=tuple(ShardInfo(path=r.shard, rows=r.rows, bytes=r.bytes) for r in receipts if r.shard),
+        robust_stats=None
+        if stats is None
+        else ManifestStats(
+            median=tuple(stats.median.tolist()), iqr=tuple(stats.iqr.tolist()), method="per-ROI median and IQR"
+        ),
+        parameters=parameters,
+        command=" ".join(sys.argv),
+        versions=versions(),
+    )

@@ -151,14 +151,22 @@ def _unique_ids(found: list[tuple[str, Location]]) -> tuple[list[tuple[str, Loca
             continue
         for loc in locs:
             others = [o.uri for o in locs if o is not loc]
-            quarantined.append({"scan_id": scan_id, "path": loc.uri, "reason": (
-                f"duplicate scan: {len(locs)} files have the scan id {scan_id} (also {', '.join(others[:3])}); "
-                "remove or rename all but one")})
+            quarantined.append(
+                {
+                    "scan_id": scan_id,
+                    "path": loc.uri,
+                    "reason": (
+                        f"duplicate scan: {len(locs)} files have the scan id {scan_id} (also {', '.join(others[:3])}); "
+                        "remove or rename all but one"
+                    ),
+                }
+            )
     return unique, quarantined
 
 
-def _bids_scan_ids(bolds: list[Location]) -> tuple[list[tuple[str, Location]], list[dict[str, str]],
-                                                   list[dict[str, str]]]:
+def _bids_scan_ids(
+    bolds: list[Location],
+) -> tuple[list[tuple[str, Location]], list[dict[str, str]], list[dict[str, str]]]:
     """Scan ids from every BIDS entity of each BOLD file (``desc`` only where it tells files apart).
 
     Files of one run that differ only in ``desc``: ``desc-preproc`` is kept and the others are listed as
@@ -169,17 +177,28 @@ def _bids_scan_ids(bolds: list[Location]) -> tuple[list[tuple[str, Location]], l
     for bold in bolds:
         ents = entities(bold.path)
         if "sub" not in ents:
-            quarantined.append({"scan_id": _stem(bold.path.rsplit("/", 1)[-1]), "path": bold.uri,
-                                "reason": "BOLD file name without a sub-<label> entity"})
+            quarantined.append(
+                {
+                    "scan_id": _stem(bold.path.rsplit("/", 1)[-1]),
+                    "path": bold.uri,
+                    "reason": "BOLD file name without a sub-<label> entity",
+                }
+            )
             continue
         groups[entity_id(ents, ("desc",))].append((bold, ents))
     found = []
     for base, group in groups.items():
         preproc = [(loc, ents) for loc, ents in group if ents.get("desc") == "preproc"]
         if preproc and len(preproc) < len(group):
-            ignored += [{"scan_id": base, "path": loc.uri,
-                         "reason": f"superseded by {preproc[0][0].uri} (fMRIPrep desc-preproc preferred)"}
-                        for loc, ents in group if ents.get("desc") != "preproc"]
+            ignored += [
+                {
+                    "scan_id": base,
+                    "path": loc.uri,
+                    "reason": f"superseded by {preproc[0][0].uri} (fMRIPrep desc-preproc preferred)",
+                }
+                for loc, ents in group
+                if ents.get("desc") != "preproc"
+            ]
             group = preproc
         for loc, ents in group:
             alone = len(group) == 1 or "desc" not in ents
@@ -206,8 +225,11 @@ def discover_bids(source: Location, participants: Location | None = None) -> Dis
     """``sub-*/[ses-*/]func/*_bold.nii[.gz]``, one scan per file (fMRIPrep ``desc-preproc`` preferred)."""
     files = list_files(source)
     bolds = [f for f in files if f.path.endswith(("_bold.nii", "_bold.nii.gz")) and "/func/" in f.path]
-    confounds = {(f.path.rsplit("/", 1)[0], entity_id(entities(f.path), ("desc",))): f
-                 for f in files if f.path.endswith("_desc-confounds_timeseries.tsv")}
+    confounds = {
+        (f.path.rsplit("/", 1)[0], entity_id(entities(f.path), ("desc",))): f
+        for f in files
+        if f.path.endswith("_desc-confounds_timeseries.tsv")
+    }
     participants = participants or source.child("participants.tsv")
     phenos = read_participants(participants) if exists(participants) else {}
     unique, quarantined, ignored = _bids_scan_ids(bolds)
@@ -215,11 +237,20 @@ def discover_bids(source: Location, participants: Location | None = None) -> Dis
     for scan_id, bold in unique:
         ents = entities(bold.path)
         conf = _confounds_for(bold, confounds)
-        specs.append(ScanSpec(
-            scan_id=scan_id, subject=ents["sub"], session=ents.get("ses", ""), task=ents.get("task", ""),
-            run=ents.get("run", ""), path=bold.uri, kind="nifti", tr=_inherited_tr(source, bold, ents),
-            confounds=conf.uri if conf else None, phenotypes=phenos.get(ents["sub"], {}),
-        ))
+        specs.append(
+            ScanSpec(
+                scan_id=scan_id,
+                subject=ents["sub"],
+                session=ents.get("ses", ""),
+                task=ents.get("task", ""),
+                run=ents.get("run", ""),
+                path=bold.uri,
+                kind="nifti",
+                tr=_inherited_tr(source, bold, ents),
+                confounds=conf.uri if conf else None,
+                phenotypes=phenos.get(ents["sub"], {}),
+            )
+        )
     return Discovery(sorted(specs, key=lambda s: s.scan_id), quarantined, ignored)
 
 
@@ -227,19 +258,30 @@ def discover_files(source: Location, kind: str, tr: float | None, participants: 
     """A folder of NIfTI files or ROI tables; ids are file stems (files sharing a stem are quarantined)."""
     suffixes = NIFTI_SUFFIXES if kind == "nifti" else TABLE_SUFFIXES
     phenos = read_participants(participants) if participants is not None else {}
-    found = [(_stem(f.path.rsplit("/", 1)[-1]), f) for f in list_files(source)
-             if f.path.rsplit("/", 1)[-1].endswith(suffixes) and not f.path.rsplit("/", 1)[-1].startswith(".")]
+    found = [
+        (_stem(f.path.rsplit("/", 1)[-1]), f)
+        for f in list_files(source)
+        if f.path.rsplit("/", 1)[-1].endswith(suffixes) and not f.path.rsplit("/", 1)[-1].startswith(".")
+    ]
     unique, quarantined = _unique_ids(found)
     specs = []
     for stem, f in unique:
         ents = entities(f.path)
         subject = ents.get("sub", stem)
         file_tr = _sidecar_tr(Location(f.fs, _stem(f.path) + ".json", _stem(f.uri) + ".json"))
-        specs.append(ScanSpec(
-            scan_id=stem, subject=subject, session=ents.get("ses", ""), task=ents.get("task", ""),
-            run=ents.get("run", ""), path=f.uri, kind="nifti" if kind == "nifti" else "table",
-            tr=file_tr if file_tr is not None else tr, phenotypes=phenos.get(subject, {}),
-        ))
+        specs.append(
+            ScanSpec(
+                scan_id=stem,
+                subject=subject,
+                session=ents.get("ses", ""),
+                task=ents.get("task", ""),
+                run=ents.get("run", ""),
+                path=f.uri,
+                kind="nifti" if kind == "nifti" else "table",
+                tr=file_tr if file_tr is not None else tr,
+                phenotypes=phenos.get(subject, {}),
+            )
+        )
     return Discovery(sorted(specs, key=lambda s: s.scan_id), quarantined)
 
 
@@ -260,8 +302,12 @@ def discover_inputs(
     else:
         raise ValueError(f"unknown --format {fmt!r}: expected auto, bids, nifti or roi-table")
     if not found.specs:
-        why = f" ({len(found.quarantined)} quarantined, e.g. {found.quarantined[0]['path']}: " \
-              f"{found.quarantined[0]['reason']})" if found.quarantined else ""
+        why = (
+            f" ({len(found.quarantined)} quarantined, e.g. {found.quarantined[0]['path']}: "
+            f"{found.quarantined[0]['reason']})"
+            if found.quarantined
+            else ""
+        )
         raise ValueError(f"{source.uri}: no {fmt} inputs found{why}")
     return found
 

@@ -93,8 +93,10 @@ def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
     for i, layout in enumerate(layouts):
         sub = f"{i + 1:03d}"
         # the subject's phenotype is that of its first scan's latent draw
-        rows.append(f"sub-{sub}\t{cohort.phenotypes['age'][scan]:.2f}\t{'MF'[cohort.phenotypes['sex'][scan]]}"
-                    f"\t{cohort.phenotypes['coupling'][scan]:.4f}")
+        rows.append(
+            f"sub-{sub}\t{cohort.phenotypes['age'][scan]:.2f}\t{'MF'[cohort.phenotypes['sex'][scan]]}"
+            f"\t{cohort.phenotypes['coupling'][scan]:.4f}"
+        )
         for ses, run in layout:
             series, tr = cohort.series[scan], float(cohort.tr[scan])
             parts = [f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ["task-rest"] + ([f"run-{run}"] if run else [])
@@ -110,8 +112,11 @@ def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
 
 def bids_paths(out: Location) -> dict[str, str]:
     """The paths to pass to ``brainjepa ingest`` for the synthetic BIDS tree at ``out``."""
-    return {"source": out.uri, "atlas": out.child("atlas", "atlas.nii.gz").uri,
-            "labels": out.child("atlas", "labels.tsv").uri}
+    return {
+        "source": out.uri,
+        "atlas": out.child("atlas", "atlas.nii.gz").uri,
+        "labels": out.child("atlas", "labels.tsv").uri,
+    }
 
 
 def _write_files(out: Location, opts: SynthOptions) -> set[str]:
@@ -152,15 +157,20 @@ def write_parquet(out: str, opts: SynthOptions, progress: bool = False, overwrit
     check_output(resolve(out), overwrite, "dataset")  # before minutes of synthesis, not after
     with tempfile.TemporaryDirectory(prefix="brainjepa-synth-") as tmp:
         paths = write_bids(resolve(tmp), opts)
-        result = ingest(paths["source"], out, IngestOptions(atlas=paths["atlas"], labels=paths["labels"],
-                                                            dataset="synthetic", overwrite=overwrite),
-                        progress=progress)
-    return result.manifest["counts"]["scans"]
+        result = ingest(
+            paths["source"],
+            out,
+            IngestOptions(atlas=paths["atlas"], labels=paths["labels"], dataset="synthetic", overwrite=overwrite),
+            progress=progress,
+        )
+    return result.manifest.counts.scans
 
 
 def synth_summary(paths: dict[str, str]) -> str:
     buf = io.StringIO()
     buf.write(f"Wrote a BIDS tree at {paths['source']}\n")
-    buf.write(f"  ingest it with: brainjepa ingest {paths['source']} --atlas {paths['atlas']} "
-              f"--labels {paths['labels']} --out OUT_URI\n")
+    buf.write(
+        f"  ingest it with: brainjepa ingest {paths['source']} --atlas {paths['atlas']} "
+        f"--labels {paths['labels']} --out OUT_URI\n"
+    )
     return buf.getvalue()

@@ -55,8 +55,11 @@ def sample_windows(batch: dict[str, np.ndarray], spec: StreamSpec) -> dict[str, 
     s = spec
     subjects = [str(x) for x in batch["subject"]]
     fits = long_enough(batch["n_frames"], batch["tr"], s.frames, s.target_tr)
-    keep = [i for i, sub in enumerate(subjects)
-            if fits[i] and is_validation(sub, s.val_fraction, s.split_seed) == s.validation]
+    keep = [
+        i
+        for i, sub in enumerate(subjects)
+        if fits[i] and is_validation(sub, s.val_fraction, s.split_seed) == s.validation
+    ]
     rng = np.random.default_rng()
     windows = np.empty((len(keep) * s.windows_per_scan, s.n_rois, s.frames), dtype=np.float32)
     slots = rng.permutation(len(windows))

@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 import torch
 
 from brainjepa.model import BrainEncoder, ModelConfig
-from brainjepa.preprocess import RobustStats, tiling_windows
-from brainjepa_platform.data.ingestion import read_manifest
+from brainjepa.preprocess import tiling_windows
+from brainjepa_platform.data.manifest import Manifest, read_manifest
 from brainjepa_platform.data.reader import shard_dataset
 from brainjepa_platform.storage import read_bytes, resolve, write_bytes, write_json
-from brainjepa_platform.tracking.registry import DEFAULT_ALIAS, EncoderBundle, encoder_model_name, target_encoder_state
+from brainjepa_platform.tracking.bundle import EncoderBundle, target_encoder_state
+from brainjepa_platform.tracking.names import DEFAULT_ALIAS, encoder_model_name
 
 SERIES_COLUMNS = ["tr", "n_rois", "n_frames", "series"]
 
@@ -51,36 +52,47 @@ def default_model_uri(dataset_uri: str, alias: str = DEFAULT_ALIAS) -> str:
     """The encoder registered for a dataset's atlas: ``models:/brainjepa-encoder-<atlas>-<n_rois>@<alias>``."""
     if not dataset_uri:
         raise ValueError("no model URI and no dataset to take the atlas from: pass --model or --data")
-    atlas = read_manifest(dataset_uri)["atlas"]
-    return f"models:/{encoder_model_name(atlas['name'], atlas['n_rois'])}@{alias}"
+    atlas = read_manifest(dataset_uri).atlas
+    return f"models:/{encoder_model_name(atlas.name, atlas.n_rois)}@{alias}"
 
 
-def check_compatible(bundle: EncoderBundle, manifest: dict[str, Any], uri: str) -> None:
+def check_compatible(bundle: EncoderBundle, manifest: Manifest, uri: str) -> None:
     """The dataset must use the model's atlas: same ROI count and labels, in the same order."""
-    atlas = manifest["atlas"]
-    if atlas["n_rois"] != bundle.config.n_rois:
+    atlas = manifest.atlas
+    if atlas.n_rois != bundle.config.n_rois:
         raise ValueError(
-            f"dataset {uri} has {atlas['n_rois']} ROIs (atlas {atlas['name']}) but the model was trained on "
+            f"dataset {uri} has {atlas.n_rois} ROIs (atlas {atlas.name}) but the model was trained on "
             f"{bundle.config.n_rois} ROIs (atlas {bundle.atlas}); ingest the cohort with the model's atlas"
         )
-    if list(atlas["roi_labels"]) != list(bundle.roi_labels):
-        diff = next(i for i, (a, b) in enumerate(zip(atlas["roi_labels"], bundle.roi_labels)) if a != b)
+    if list(atlas.roi_labels) != list(bundle.roi_labels):
+        diff = next(i for i, (a, b) in enumerate(zip(atlas.roi_labels, bundle.roi_labels)) if a != b)
         raise ValueError(
-            f"dataset {uri} (atlas {atlas['name']}) orders or names its ROIs differently from the model (atlas "
-            f"{bundle.atlas}): ROI {diff} is {atlas['roi_labels'][diff]!r} vs {bundle.roi_labels[diff]!r}"
+            f"dataset {uri} (atlas {atlas.name}) orders or names its ROIs differently from the model (atlas "
+            f"{bundle.atlas}): ROI {diff} is {atlas.roi_labels[diff]!r} vs {bundle.roi_labels[diff]!r}"
         )
 
 
-def bundle_from_engine_state(state: dict[str, Any], model_cfg: ModelConfig, gradients: np.ndarray | None,
-                             manifest: dict[str, Any], target_tr: float | None = None) -> EncoderBundle:
+def bundle_from_engine_state(
+    state: dict[str, Any],
+    model_cfg: ModelConfig,
+    gradients: np.ndarray | None,
+    manifest: Manifest,
+    target_tr: float | None = None,
+) -> EncoderBundle:
     """The frozen target encoder of a pretraining checkpoint, with the dataset's scaling and ROI labels."""
     grads = None if gradients is None or model_cfg.positional != "gradient" else np.asarray(gradients, np.float32)
     encoder = BrainEncoder(model_cfg, None if grads is None else torch.from_numpy(grads))
     encoder.load_state_dict(target_encoder_state(state))
     encoder.eval().requires_grad_(False)
-    return EncoderBundle(encoder, model_cfg, RobustStats.from_dict(manifest["robust_stats"]),
-                         list(manifest["atlas"]["roi_labels"]), manifest["atlas"]["name"],
-                         np.zeros((model_cfg.n_rois, 0)) if grads is None else grads, target_tr)
+    return EncoderBundle(
+        encoder,
+        model_cfg,
+        manifest.stats(),
+        list(manifest.atlas.roi_labels),
+        manifest.atlas.name,
+        np.zeros((model_cfg.n_rois, 0)) if grads is None else grads,
+        target_tr,
+    )
 
 
 def random_encoder_bundle(bundle: EncoderBundle, seed: int = 0) -> EncoderBundle:
@@ -91,9 +103,15 @@ def random_encoder_bundle(bundle: EncoderBundle, seed: int = 0) -> EncoderBundle
     return dataclasses.replace(bundle, encoder=encoder)
 
 
-def embed_scan(bundle: EncoderBundle, series: np.ndarray, tr: float, target_tr: float,
-               per_roi: bool, batch_size: int,
-               window_stride: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_scan(
+    bundle: EncoderBundle,
+    series: np.ndarray,
+    tr: float,
+    target_tr: float,
+    per_roi: bool,
+    batch_size: int,
+    window_stride: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One scan (R, T) -> (D,) embedding and optionally (R, D) per-ROI embeddings (windows every
     ``window_stride`` seconds; default: consecutive windows)."""
     cfg = bundle.config
@@ -120,8 +138,9 @@ class ScanEmbedder:
         for i in range(n):
             series = np.asarray(batch["series"][i], dtype=np.float32).reshape(int(batch["n_rois"][i]), -1)
             try:
-                emb, per_roi = embed_scan(self.bundle, series, float(batch["tr"][i]), self.target_tr,
-                                          self.per_roi, self.batch_size)
+                emb, per_roi = embed_scan(
+                    self.bundle, series, float(batch["tr"][i]), self.target_tr, self.per_roi, self.batch_size
+                )
             except ValueError as exc:
                 errors[i] = str(exc)
                 continue
@@ -133,21 +152,30 @@ class ScanEmbedder:
         return out
 
 
-def scaled_for(bundle: EncoderBundle, manifest: dict[str, Any], scaling: str) -> EncoderBundle:
+def scaled_for(bundle: EncoderBundle, manifest: Manifest, scaling: str) -> EncoderBundle:
     """The bundle with the robust scaling to apply: the dataset's own statistics, or the model's."""
     if scaling not in ("dataset", "model"):
         raise ValueError(f"scaling must be 'dataset' or 'model', got {scaling!r}")
     if scaling == "model":
         if bundle.stats is None:
-            raise ValueError(f"--scaling model: this model ({bundle.atlas}) was imported without robust-scaling "
-                             "statistics; use --scaling dataset")
+            raise ValueError(
+                f"--scaling model: this model ({bundle.atlas}) was imported without robust-scaling "
+                "statistics; use --scaling dataset"
+            )
         return bundle
-    return dataclasses.replace(bundle, stats=RobustStats.from_dict(manifest["robust_stats"]))
+    return dataclasses.replace(bundle, stats=manifest.stats())
 
 
-def embed_dataset(bundle: EncoderBundle, dataset_uri: str, *, target_tr: float | None = None,
-                  scaling: str = "dataset", per_roi: bool = False, batch_size: int = 32,
-                  workers: int = 1) -> Embeddings:
+def embed_dataset(
+    bundle: EncoderBundle,
+    dataset_uri: str,
+    *,
+    target_tr: float | None = None,
+    scaling: str = "dataset",
+    per_roi: bool = False,
+    batch_size: int = 32,
+    workers: int = 1,
+) -> Embeddings:
     """Embed every scan of an ingested dataset; ``target_tr`` defaults to the model's pretraining TR."""
     import ray
 
@@ -155,17 +183,24 @@ def embed_dataset(bundle: EncoderBundle, dataset_uri: str, *, target_tr: float |
     check_compatible(bundle, manifest, dataset_uri)
     bundle = scaled_for(bundle, manifest, scaling)
     target_tr = target_tr or bundle_target_tr(bundle)
-    phenotype_columns = sorted(manifest.get("phenotypes", {}))
+    phenotype_columns = sorted(manifest.phenotypes)
     rows = shard_dataset(dataset_uri, ["scan_id", "subject", *phenotype_columns, *SERIES_COLUMNS])
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     embedded = rows.map_batches(
-        ScanEmbedder, fn_constructor_kwargs={"bundle": bundle, "target_tr": target_tr, "per_roi": per_roi,
-                                             "batch_size": batch_size},
-        batch_size=8, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
+        ScanEmbedder,
+        fn_constructor_kwargs={"bundle": bundle, "target_tr": target_tr, "per_roi": per_roi, "batch_size": batch_size},
+        batch_size=8,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
     )
-    table = pa.concat_tables([pa.Table.from_pandas(df, preserve_index=False)
-                              for df in embedded.iter_batches(batch_size=None, batch_format="pandas")])
+    table = pa.concat_tables(
+        [
+            pa.Table.from_pandas(df, preserve_index=False)
+            for df in embedded.iter_batches(batch_size=None, batch_format="pandas")
+        ]
+    )
     return to_embeddings(table.to_pandas(), bundle, phenotype_columns, per_roi)
 
 
@@ -177,8 +212,9 @@ def bundle_target_tr(bundle: EncoderBundle) -> float:
     return float(tr)
 
 
-def to_embeddings(frame: pd.DataFrame, bundle: EncoderBundle, phenotype_columns: list[str],
-                  per_roi: bool) -> Embeddings:
+def to_embeddings(
+    frame: pd.DataFrame, bundle: EncoderBundle, phenotype_columns: list[str], per_roi: bool
+) -> Embeddings:
     frame = frame.sort_values("scan_id", kind="stable").reset_index(drop=True)
     bad = frame["error"].astype(str) != ""
     skipped = [{"scan_id": s, "reason": e} for s, e in zip(frame.loc[bad, "scan_id"], frame.loc[bad, "error"])]
@@ -187,9 +223,14 @@ def to_embeddings(frame: pd.DataFrame, bundle: EncoderBundle, phenotype_columns:
     rois = None
     if per_roi and len(frame):
         rois = np.stack(frame["per_roi"].to_numpy()).reshape(len(frame), bundle.config.n_rois, bundle.config.dim)
-    return Embeddings(scan_ids=frame["scan_id"].astype(str).tolist(), subjects=frame["subject"].astype(str).tolist(),
-                      features=features.astype(np.float32), phenotypes=frame[phenotype_columns].copy(),
-                      per_roi=rois, skipped=skipped)
+    return Embeddings(
+        scan_ids=frame["scan_id"].astype(str).tolist(),
+        subjects=frame["subject"].astype(str).tolist(),
+        features=features.astype(np.float32),
+        phenotypes=frame[phenotype_columns].copy(),
+        per_roi=rois,
+        skipped=skipped,
+    )
 
 
 def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) -> str:
@@ -205,9 +246,16 @@ def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) 
     pq.write_table(pa.table(columns), buf)
     out = resolve(out_uri)
     write_bytes(out.child("embeddings.parquet"), buf.getvalue())
-    write_json(out.child("embeddings.json"), {**provenance, "scans": len(emb.scan_ids),
-                                               "dim": int(emb.features.shape[1]), "per_roi": emb.per_roi is not None,
-                                               "skipped": emb.skipped})
+    write_json(
+        out.child("embeddings.json"),
+        {
+            **provenance,
+            "scans": len(emb.scan_ids),
+            "dim": int(emb.features.shape[1]),
+            "per_roi": emb.per_roi is not None,
+            "skipped": emb.skipped,
+        },
+    )
     return out.child("embeddings.parquet").uri
 
 

@@ -37,8 +37,9 @@ from brainjepa.heads import FinetuneConfig, FinetuneEngine, FinetuneModel, Task
 from brainjepa_platform.train.checkpoints import read_local_checkpoint, write_checkpoint_dir
 
 if TYPE_CHECKING:
-    from brainjepa_platform.evaluate.probe import ComparisonResult, ProbeResult, SplitIndices
-    from brainjepa_platform.tracking.registry import EncoderBundle
+    from brainjepa_platform.evaluate.probe import ComparisonResult, ProbeResult
+    from brainjepa_platform.evaluate.splits import SplitIndices
+    from brainjepa_platform.tracking.bundle import EncoderBundle
 
 CHECKPOINT_KIND = "finetune"
 
@@ -69,19 +70,22 @@ def _part(scan_index: np.ndarray, scans: np.ndarray, name: str) -> _Part:
     rows = lookup[scan_index[windows]]
     missing = np.setdiff1d(np.arange(scans.size), rows)
     if missing.size:
-        raise ValueError(f"{missing.size} {name} scans have no windows (e.g. scan {int(scans[missing[0]])}); "
-                         "every scan of the split needs at least one window")
+        raise ValueError(
+            f"{missing.size} {name} scans have no windows (e.g. scan {int(scans[missing[0]])}); "
+            "every scan of the split needs at least one window"
+        )
     return _Part(scans, windows, rows)
 
 
 def _check_inputs(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, n_scans: int) -> None:
     cfg = bundle.config
     if windows.ndim != 3 or windows.shape[1:] != (cfg.n_rois, cfg.frames):
-        raise ValueError(f"windows must be (n_windows, {cfg.n_rois} ROIs, {cfg.frames} frames) for this encoder, "
-                         f"got {windows.shape}")
+        raise ValueError(
+            f"windows must be (n_windows, {cfg.n_rois} ROIs, {cfg.frames} frames) for this encoder, got {windows.shape}"
+        )
     if windows.shape[0] == 0 or scan_index.shape != (windows.shape[0],):
         raise ValueError(f"need windows and one scan_index per window: {scan_index.shape} for {windows.shape[0]}")
-    if (scan_index.min() < 0 or scan_index.max() >= n_scans):
+    if scan_index.min() < 0 or scan_index.max() >= n_scans:
         raise ValueError(f"scan_index values must be scan numbers 0..{n_scans - 1} (one target per scan)")
     if not np.all(np.isfinite(windows)):
         raise ValueError("windows contain NaN or Inf")
@@ -98,8 +102,10 @@ def _targets(y: np.ndarray, task: str, train_scans: np.ndarray) -> tuple[np.ndar
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
     classes, codes = np.unique(y, return_inverse=True)
     if np.unique(codes[train_scans]).size < 2:
-        raise ValueError(f"the training part holds a single class ({classes[codes[train_scans][0]]!r}); "
-                         "cannot fine-tune a classifier")
+        raise ValueError(
+            f"the training part holds a single class ({classes[codes[train_scans][0]]!r}); "
+            "cannot fine-tune a classifier"
+        )
     return codes.astype(np.int64), classes, len(classes)
 
 
@@ -174,8 +180,13 @@ def _report(engine: FinetuneEngine, metrics: dict[str, float], best: dict[str, A
     if best is None:
         ray.train.report(metrics, checkpoint=None)
         return
-    state = {**best, "step": engine.step, "task": engine.task, "target_mean": engine.target_mean.clone(),
-             "target_std": engine.target_std.clone()}
+    state = {
+        **best,
+        "step": engine.step,
+        "task": engine.task,
+        "target_mean": engine.target_mean.clone(),
+        "target_std": engine.target_std.clone(),
+    }
     metrics = {**metrics, "best_epoch": best["best_epoch"], "best_val_score": best["val_scores"][best["best_epoch"]]}
     with tempfile.TemporaryDirectory(prefix="brainjepa-finetune-") as tmp:
         write_checkpoint_dir(Path(tmp), state, {"kind": CHECKPOINT_KIND, **metrics})
@@ -229,15 +240,24 @@ def _trainer(config: dict[str, Any], num_workers: int, use_gpu: bool, storage_pa
     from brainjepa_platform.storage import resolve, run_filesystem
 
     root = resolve(storage_path)
-    run_config = ray.train.RunConfig(name=name, storage_path=root.path, storage_filesystem=run_filesystem(root),
-                                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
-    return TorchTrainer(train_loop_per_worker, train_loop_config=config, run_config=run_config,
-                        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-                        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"))
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=root.path,
+        storage_filesystem=run_filesystem(root),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        run_config=run_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
 
 
-def _load_run(bundle: EncoderBundle, state: dict[str, Any], cfg: FinetuneConfig, task: Task,
-              n_outputs: int) -> tuple[FinetuneModel, FinetuneEngine]:
+def _load_run(
+    bundle: EncoderBundle, state: dict[str, Any], cfg: FinetuneConfig, task: Task, n_outputs: int
+) -> tuple[FinetuneModel, FinetuneEngine]:
     """The best-epoch weights in a CPU model, with an engine (target scaling restored) to predict."""
     model = FinetuneModel(copy.deepcopy(bundle.encoder).cpu(), n_outputs)
     model.load_state_dict(state["model"])
@@ -246,9 +266,21 @@ def _load_run(bundle: EncoderBundle, state: dict[str, Any], cfg: FinetuneConfig,
     return model.eval(), engine
 
 
-def finetune(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, y: Any, task: Task,
-             split: SplitIndices, cfg: FinetuneConfig, *, seed: int = 0, num_workers: int = 1, use_gpu: bool = False,
-             storage_path: str | None = None, name: str | None = None) -> FinetuneRun:
+def finetune(
+    bundle: EncoderBundle,
+    windows: np.ndarray,
+    scan_index: np.ndarray,
+    y: Any,
+    task: Task,
+    split: SplitIndices,
+    cfg: FinetuneConfig,
+    *,
+    seed: int = 0,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | None = None,
+    name: str | None = None,
+) -> FinetuneRun:
     """Fine-tune a copy of ``bundle.encoder`` on the training scans' windows; keep the best validation epoch.
 
     ``seed`` replaces ``cfg.seed`` (head initialisation and data order). ``storage_path`` (local or
@@ -264,10 +296,21 @@ def finetune(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray,
     train, val, _ = (_part(scan_index, scans, part) for part, scans in split.parts().items())
     cfg = dataclasses.replace(cfg, seed=seed)
     init_ray()
-    data = {"train_x": windows[train.windows], "train_t": targets[scan_index[train.windows]],
-            "val_x": windows[val.windows], "val_rows": val.rows, "val_t": targets[val.scans]}
-    config = {"cfg": cfg, "task": task, "n_outputs": n_outputs, "n_train": int(train.windows.size),
-              "data": ray.put(data), "encoder": ray.put(copy.deepcopy(bundle.encoder).cpu())}
+    data = {
+        "train_x": windows[train.windows],
+        "train_t": targets[scan_index[train.windows]],
+        "val_x": windows[val.windows],
+        "val_rows": val.rows,
+        "val_t": targets[val.scans],
+    }
+    config = {
+        "cfg": cfg,
+        "task": task,
+        "n_outputs": n_outputs,
+        "n_train": int(train.windows.size),
+        "data": ray.put(data),
+        "encoder": ray.put(copy.deepcopy(bundle.encoder).cpu()),
+    }
     name = name or f"finetune-{task}-s{seed}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="brainjepa-finetune-") if storage_path is None else nullcontext() as tmp:
         result = _trainer(config, num_workers, use_gpu, storage_path or tmp, name).fit()
@@ -278,49 +321,109 @@ def finetune(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray,
         with result.checkpoint.as_directory() as d:
             state = read_local_checkpoint(Path(d))
     model, engine = _load_run(bundle, state, cfg, task, n_outputs)
-    return FinetuneRun(model, engine, task, classes, int(state["best_epoch"]), dict(state["val_scores"]),
-                       dict(result.metrics), None if storage_path is None else result.checkpoint.path)
+    return FinetuneRun(
+        model,
+        engine,
+        task,
+        classes,
+        int(state["best_epoch"]),
+        dict(state["val_scores"]),
+        dict(result.metrics),
+        None if storage_path is None else result.checkpoint.path,
+    )
 
 
-def evaluate_run(run: FinetuneRun, windows: np.ndarray, scan_index: np.ndarray, y: Any,
-                 split: SplitIndices) -> ProbeResult:
+def evaluate_run(
+    run: FinetuneRun, windows: np.ndarray, scan_index: np.ndarray, y: Any, split: SplitIndices
+) -> ProbeResult:
     """Test metrics of a fine-tuned model: window outputs averaged per test scan, scored with eval_metrics."""
     from brainjepa_platform.evaluate.metrics import classification_metrics, regression_metrics
     from brainjepa_platform.evaluate.probe import ProbeResult
 
     y, scan_index = np.asarray(y), np.asarray(scan_index, dtype=np.int64)
     test = _part(scan_index, split.test, "test")
-    outputs = scan_mean(window_outputs(run.engine, np.asarray(windows, np.float32)[test.windows]), test.rows,
-                        test.scans.size)
+    outputs = scan_mean(
+        window_outputs(run.engine, np.asarray(windows, np.float32)[test.windows]), test.rows, test.scans.size
+    )
     y_true = y[test.scans]
     if run.task == "classification":
         y_pred = run.classes[outputs.argmax(axis=1)]
         metrics = classification_metrics(y_true, y_pred, outputs, classes=run.classes)
-        return ProbeResult("classification", metrics, "epochs", run.best_epoch, run.val_scores, y_true, y_pred,
-                           outputs, run.classes, split.sizes())
+        return ProbeResult(
+            "classification",
+            metrics,
+            "epochs",
+            run.best_epoch,
+            run.val_scores,
+            y_true,
+            y_pred,
+            outputs,
+            run.classes,
+            split.sizes(),
+        )
     y_true = y_true.astype(np.float64)
-    return ProbeResult("regression", regression_metrics(y_true, outputs), "epochs", run.best_epoch, run.val_scores,
-                       y_true, outputs, sizes=split.sizes())
+    return ProbeResult(
+        "regression",
+        regression_metrics(y_true, outputs),
+        "epochs",
+        run.best_epoch,
+        run.val_scores,
+        y_true,
+        outputs,
+        sizes=split.sizes(),
+    )
 
 
-def finetune_probe(bundle: EncoderBundle, windows: np.ndarray, scan_index: np.ndarray, y: Any, task: Task,
-                   split: SplitIndices, cfg: FinetuneConfig, *, seed: int = 0, num_workers: int = 1,
-                   use_gpu: bool = False, storage_path: str | None = None) -> ProbeResult:
+def finetune_probe(
+    bundle: EncoderBundle,
+    windows: np.ndarray,
+    scan_index: np.ndarray,
+    y: Any,
+    task: Task,
+    split: SplitIndices,
+    cfg: FinetuneConfig,
+    *,
+    seed: int = 0,
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    storage_path: str | None = None,
+) -> ProbeResult:
     """Fine-tune (see :func:`finetune`) and score the test scans; ``param_value`` is the best epoch."""
-    run = finetune(bundle, windows, scan_index, y, task, split, cfg, seed=seed, num_workers=num_workers,
-                   use_gpu=use_gpu, storage_path=storage_path)
+    run = finetune(
+        bundle,
+        windows,
+        scan_index,
+        y,
+        task,
+        split,
+        cfg,
+        seed=seed,
+        num_workers=num_workers,
+        use_gpu=use_gpu,
+        storage_path=storage_path,
+    )
     return evaluate_run(run, windows, scan_index, y, split)
 
 
-def compare_finetune(bundles: Mapping[str, EncoderBundle], windows: np.ndarray, scan_index: np.ndarray,
-                     subjects: Sequence[str], y: Any, task: Task, seeds: Sequence[int],
-                     fractions: Sequence[float] = (0.6, 0.2, 0.2), cfg: FinetuneConfig | None = None,
-                     split_column: Sequence[str] | None = None, **kw: Any) -> ComparisonResult:
+def compare_finetune(
+    bundles: Mapping[str, EncoderBundle],
+    windows: np.ndarray,
+    scan_index: np.ndarray,
+    subjects: Sequence[str],
+    y: Any,
+    task: Task,
+    seeds: Sequence[int],
+    fractions: Sequence[float] = (0.6, 0.2, 0.2),
+    cfg: FinetuneConfig | None = None,
+    split_column: Sequence[str] | None = None,
+    **kw: Any,
+) -> ComparisonResult:
     """Per seed one subject split (as ``compare_features`` makes it), every bundle fine-tuned on it.
 
     ``kw`` goes to :func:`finetune_probe` (``num_workers``, ``use_gpu``, ``storage_path``).
     """
-    from brainjepa_platform.evaluate.probe import ComparisonResult, subject_split
+    from brainjepa_platform.evaluate.probe import ComparisonResult
+    from brainjepa_platform.evaluate.splits import subject_split
 
     if not bundles or not seeds:
         raise ValueError("compare_finetune needs at least one bundle and one seed")
@@ -337,5 +440,15 @@ def compare_finetune(bundles: Mapping[str, EncoderBundle], windows: np.ndarray, 
     return ComparisonResult(task, [int(s) for s in seeds], tuple(float(f) for f in fractions), results)
 
 
-__all__ = ["FinetuneRun", "compare_finetune", "epoch_batches", "evaluate_run", "finetune", "finetune_probe",
-           "scan_mean", "train_loop_per_worker", "val_score", "window_outputs"]
+__all__ = [
+    "FinetuneRun",
+    "compare_finetune",
+    "epoch_batches",
+    "evaluate_run",
+    "finetune",
+    "finetune_probe",
+    "scan_mean",
+    "train_loop_per_worker",
+    "val_score",
+    "window_outputs",
+]

@@ -1,9 +1,10 @@
-"""Linear probes on frozen features: task inference, subject-level splits, the FC baseline, comparisons.
+"""Linear probes on frozen features: task inference, the FC baseline, comparisons over seeds.
 
 Everything here is in memory (numpy + scikit-learn): features are (n_scans, D) arrays, one row per
 scan, with the scan's subject id and target. Splits are made over subjects, never scans, so no
-subject's scans land on two sides. ``compare_features`` runs the same seeded splits over several
-feature sets (the pretrained encoder, the FC baseline, a random encoder) and aggregates per seed.
+subject's scans land on two sides (:mod:`brainjepa_platform.evaluate.splits`). ``compare_features``
+runs the same seeded splits over several feature sets (the pretrained encoder, the FC baseline, a
+random encoder) and aggregates per seed.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from brainjepa_platform.evaluate.metrics import (
     classification_metrics,
     regression_metrics,
 )
+from brainjepa_platform.evaluate.splits import PARTS, SplitIndices, subject_split
 
 Task = Literal["classification", "regression"]
-PARTS = ("train", "val", "test")
 MAX_CLASSES = 10
 C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-3, 5, 9))
@@ -69,119 +70,6 @@ def infer_task(values: Any) -> Task:
     if 0 < distinct.size <= MAX_CLASSES and np.all(distinct == np.round(distinct)):
         return "classification"
     return "regression"
-
-
-# --- subject-level splits --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SplitIndices:
-    """Row indices (into the scan arrays) of the train, validation and test parts."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-    def parts(self) -> dict[str, np.ndarray]:
-        return {"train": self.train, "val": self.val, "test": self.test}
-
-    def sizes(self) -> dict[str, int]:
-        return {k: int(v.size) for k, v in self.parts().items()}
-
-
-def _part_counts(n_subjects: int, fractions: Sequence[float]) -> list[int]:
-    """Subjects per part: rounded shares, every part at least one subject (taken from the largest)."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions):
-        raise ValueError(f"fractions must be three positive numbers (train, val, test), got {tuple(fractions)}")
-    if n_subjects < 3:
-        raise ValueError(
-            f"a train/val/test split needs at least 3 subjects (one per part), but there are {n_subjects}"
-        )
-    total = float(sum(fractions))
-    val = max(1, round(n_subjects * fractions[1] / total))
-    test = max(1, round(n_subjects * fractions[2] / total))
-    while n_subjects - val - test < 1:
-        if val >= test:
-            val -= 1
-        else:
-            test -= 1
-    return [n_subjects - val - test, val, test]
-
-
-def _subject_labels(inverse: np.ndarray, n_subjects: int, labels: Sequence[Any]) -> np.ndarray:
-    """Each subject's most frequent label (index into the sorted distinct labels)."""
-    _, codes = np.unique(np.asarray(labels), return_inverse=True)
-    counts = np.zeros((n_subjects, int(codes.max()) + 1), dtype=np.int64)
-    np.add.at(counts, (inverse, codes), 1)
-    return counts.argmax(axis=1)
-
-
-def _subject_order(
-    n_subjects: int, rng: np.random.Generator, subject_class: np.ndarray | None, min_per_class: int
-) -> np.ndarray:
-    """A seeded order of subjects; with classes, interleaved so every prefix holds each class pro rata."""
-    order = rng.permutation(n_subjects)
-    if subject_class is None:
-        return order
-    sizes = np.bincount(subject_class)
-    if np.any(sizes[sizes > 0] < min_per_class):
-        return order
-    key = np.empty(n_subjects)
-    for c in np.flatnonzero(sizes):
-        members = order[subject_class[order] == c]
-        key[members] = (np.arange(members.size) + rng.random()) / members.size
-    return np.lexsort((rng.random(n_subjects), key))
-
-
-def _split_from_column(subject_ids: np.ndarray, inverse: np.ndarray, column: Sequence[Any]) -> SplitIndices:
-    values = np.asarray([str(v) for v in column])
-    bad = sorted(set(values.tolist()) - set(PARTS))
-    if bad:
-        raise ValueError(f"split column values must be one of {list(PARTS)}; found {bad}")
-    per_subject: dict[int, set[str]] = {}
-    for s, v in zip(inverse.tolist(), values.tolist()):
-        per_subject.setdefault(s, set()).add(v)
-    leaking = sorted(str(subject_ids[s]) for s, v in per_subject.items() if len(v) > 1)
-    if leaking:
-        more = " ..." if len(leaking) > 10 else ""
-        raise ValueError(f"split column puts {len(leaking)} subjects on two sides: {leaking[:10]}{more}")
-    split = SplitIndices(*(np.flatnonzero(values == part) for part in PARTS))
-    empty = [k for k, v in split.parts().items() if v.size == 0]
-    if empty:
-        raise ValueError(f"split column leaves {empty} empty ({len(subject_ids)} subjects); every part needs a subject")
-    return split
-
-
-def subject_split(
-    subjects: Sequence[str],
-    seed: int,
-    fractions: Sequence[float] = (0.6, 0.2, 0.2),
-    split_column: Sequence[str] | None = None,
-    labels: Sequence[Any] | None = None,
-    min_per_class: int = 3,
-) -> SplitIndices:
-    """Train/val/test scan indices with every subject's scans on one side.
-
-    Without ``split_column``: a seeded permutation of the distinct subjects is cut into parts of
-    ``fractions`` (rounded, at least one subject each). With classification ``labels`` (one per scan),
-    subjects are stratified by their most frequent label when every class has ``min_per_class``
-    subjects. With ``split_column`` (one "train"/"val"/"test" per scan) that assignment is used as is.
-    """
-    subject_ids, inverse = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
-    if split_column is not None:
-        if len(split_column) != len(inverse):
-            raise ValueError(f"split column has {len(split_column)} values for {len(inverse)} scans")
-        return _split_from_column(subject_ids, inverse, split_column)
-    n = len(subject_ids)
-    counts = _part_counts(n, fractions)
-    subject_class = None
-    if labels is not None:
-        if len(labels) != len(inverse):
-            raise ValueError(f"labels has {len(labels)} values for {len(inverse)} scans")
-        subject_class = _subject_labels(inverse, n, labels)
-    order = _subject_order(n, np.random.default_rng(seed), subject_class, min_per_class)
-    part_of_subject = np.empty(n, dtype=np.int64)
-    part_of_subject[order] = np.repeat(np.arange(3), counts)
-    scan_part = part_of_subject[inverse]
-    return SplitIndices(*(np.flatnonzero(scan_part == k) for k in range(3)))
 
 
 # --- linear probe ----------------------------------------------------------------------------------
@@ -249,8 +137,9 @@ def _probe_regression(parts: dict[str, tuple[np.ndarray, np.ndarray]], y: np.nda
             best, best_score = (a, model), scores[a]
     a, model = best
     pred = model.predict(xte)
-    return ProbeResult("regression", regression_metrics(y[ite], pred), "alpha", a, dict(sorted(scores.items())),
-                       y[ite], pred)
+    return ProbeResult(
+        "regression", regression_metrics(y[ite], pred), "alpha", a, dict(sorted(scores.items())), y[ite], pred
+    )
 
 
 def linear_probe(x: np.ndarray, y: Any, task: Task, split: SplitIndices, seed: int = 0) -> ProbeResult:
@@ -303,8 +192,10 @@ class ComparisonResult:
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """{feature set: {metric: (mean, std)}}; std is ``np.std`` (ddof=0) over seeds; nan propagates."""
         return {
-            name: {m: (float(np.mean(self.values(name, m))), float(np.std(self.values(name, m))))
-                   for m in self.metric_names}
+            name: {
+                m: (float(np.mean(self.values(name, m))), float(np.std(self.values(name, m))))
+                for m in self.metric_names
+            }
             for name in self.names
         }
 
@@ -318,26 +209,37 @@ class ComparisonResult:
 
     def format_table(self, digits: int = 3) -> str:
         """Plain-text table: rows are metrics, columns feature sets, entries ``mean ± std``."""
+        from brainjepa_platform.tables import format_table
+
         summary = self.summary()
-        header = ["metric", *self.names]
-        rows = [[m, *(f"{summary[n][m][0]:.{digits}f} ± {summary[n][m][1]:.{digits}f}" for n in self.names)]
-                for m in self.metric_names]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-        lines.insert(1, "-+-".join("-" * w for w in widths))
-        return "\n".join(lines)
+        rows = [
+            [m, *(f"{summary[n][m][0]:.{digits}f} ± {summary[n][m][1]:.{digits}f}" for n in self.names)]
+            for m in self.metric_names
+        ]
+        return format_table(["metric", *self.names], rows)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe dict (NaN -> null): summary, per-seed metrics, chosen hyper-parameters, split sizes."""
-        out: dict[str, Any] = {"task": self.task, "seeds": list(self.seeds), "fractions": list(self.fractions),
-                               "features": self.names, "metrics": list(self.metric_names), "summary": {},
-                               "per_seed": {}}
+        out: dict[str, Any] = {
+            "task": self.task,
+            "seeds": list(self.seeds),
+            "fractions": list(self.fractions),
+            "features": self.names,
+            "metrics": list(self.metric_names),
+            "summary": {},
+            "per_seed": {},
+        }
         for name, per_metric in self.summary().items():
-            out["summary"][name] = {m: {"mean": _finite_or_none(a), "std": _finite_or_none(s)}
-                                    for m, (a, s) in per_metric.items()}
+            out["summary"][name] = {
+                m: {"mean": _finite_or_none(a), "std": _finite_or_none(s)} for m, (a, s) in per_metric.items()
+            }
             out["per_seed"][name] = [
-                {"seed": seed, "sizes": r.sizes, r.param_name: r.param_value,
-                 "metrics": {m: _finite_or_none(v) for m, v in r.metrics.items()}}
+                {
+                    "seed": seed,
+                    "sizes": r.sizes,
+                    r.param_name: r.param_value,
+                    "metrics": {m: _finite_or_none(v) for m, v in r.metrics.items()},
+                }
                 for seed, r in zip(self.seeds, self.results[name])
             ]
         json.dumps(out, allow_nan=False)  # fail here, not in the logger, if something slipped through
@@ -365,8 +267,10 @@ def compare_features(
     y = np.asarray(y)
     for name, x in features.items():
         if np.shape(x)[0] != y.shape[0] or len(subjects) != y.shape[0]:
-            raise ValueError(f"feature set {name!r} has {np.shape(x)[0]} rows, targets {y.shape[0]}, "
-                             f"subjects {len(subjects)}: they must match")
+            raise ValueError(
+                f"feature set {name!r} has {np.shape(x)[0]} rows, targets {y.shape[0]}, "
+                f"subjects {len(subjects)}: they must match"
+            )
     labels = y if task == "classification" else None
     results: dict[str, list[ProbeResult]] = {name: [] for name in features}
     for seed in seeds:

@@ -22,7 +22,7 @@ import pandas as pd
 from brainjepa.config import to_dict
 from brainjepa.heads import FinetuneConfig
 from brainjepa.preprocess import tiling_windows
-from brainjepa_platform.data.ingestion import read_manifest
+from brainjepa_platform.data.manifest import read_manifest
 from brainjepa_platform.data.reader import shard_dataset
 from brainjepa_platform.evaluate.embed import (
     Embeddings,
@@ -32,7 +32,7 @@ from brainjepa_platform.evaluate.embed import (
     scaled_for,
 )
 from brainjepa_platform.evaluate.probe import ComparisonResult, compare_features, fc_features, infer_task
-from brainjepa_platform.tracking.registry import EncoderBundle
+from brainjepa_platform.tracking.bundle import EncoderBundle
 
 MODEL, RANDOM, FC = "brain-jepa", "random-encoder", "fc-baseline"
 
@@ -82,24 +82,28 @@ def fc_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def fc_dataset(uri: str, scan_ids: list[str]) -> np.ndarray:
     """(n_scans, R(R-1)/2) FC-baseline features of the given scans, computed with Ray Data."""
-    rows = shard_dataset(uri, ["scan_id", "n_rois", "series"]).map_batches(fc_batch, batch_format="numpy",
-                                                                          batch_size=16, num_cpus=0.5)
+    rows = shard_dataset(uri, ["scan_id", "n_rois", "series"]).map_batches(
+        fc_batch, batch_format="numpy", batch_size=16, num_cpus=0.5
+    )
     frame = pd.concat([b for b in rows.iter_batches(batch_size=None, batch_format="pandas")]).set_index("scan_id")
     return np.stack(frame.loc[scan_ids, "fc"].to_numpy()).astype(np.float32)
 
 
-def scan_windows(uri: str, bundle: EncoderBundle, scan_ids: list[str],
-                 target_tr: float) -> tuple[np.ndarray, np.ndarray]:
+def scan_windows(
+    uri: str, bundle: EncoderBundle, scan_ids: list[str], target_tr: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tuning inputs: every scan's tiling windows, robust-scaled, and the scan index of each window."""
     position = {s: i for i, s in enumerate(scan_ids)}
     windows, index = [], []
-    for batch in shard_dataset(uri, ["scan_id", "tr", "n_rois", "series"]).iter_batches(batch_size=None,
-                                                                                       batch_format="numpy"):
+    for batch in shard_dataset(uri, ["scan_id", "tr", "n_rois", "series"]).iter_batches(
+        batch_size=None, batch_format="numpy"
+    ):
         for sid, tr, r, s in zip(batch["scan_id"], batch["tr"], batch["n_rois"], batch["series"]):
             if str(sid) not in position:
                 continue
-            w = tiling_windows(np.asarray(s, np.float32).reshape(int(r), -1), float(tr), target_tr,
-                               bundle.config.frames)
+            w = tiling_windows(
+                np.asarray(s, np.float32).reshape(int(r), -1), float(tr), target_tr, bundle.config.frames
+            )
             windows.append(np.stack([bundle.stats.scale(x) for x in w]))
             index.append(np.full(len(w), position[str(sid)]))
     return np.concatenate(windows).astype(np.float32), np.concatenate(index)
@@ -120,10 +124,12 @@ def run_evaluation(cfg: EvaluateConfig, bundle: EncoderBundle) -> Evaluation:
 
     if not cfg.data or not cfg.target:
         raise ValueError("evaluate needs a dataset (--data URI) and a target phenotype column (--target)")
-    columns = sorted(read_manifest(cfg.data).get("phenotypes", {}))
+    columns = sorted(read_manifest(cfg.data).phenotypes)
     if cfg.target not in columns:
-        raise ValueError(f"target {cfg.target!r} is not a phenotype column of {cfg.data}; it has "
-                         f"{columns or 'none (ingest with --phenotypes participants.tsv)'}")
+        raise ValueError(
+            f"target {cfg.target!r} is not a phenotype column of {cfg.data}; it has "
+            f"{columns or 'none (ingest with --phenotypes participants.tsv)'}"
+        )
     target_tr = cfg.target_tr or bundle_target_tr(bundle)
     embed = {"target_tr": target_tr, "scaling": cfg.scaling, "workers": cfg.workers}
     model_emb = embed_dataset(bundle, cfg.data, **embed)
@@ -138,44 +144,76 @@ def run_evaluation(cfg: EvaluateConfig, bundle: EncoderBundle) -> Evaluation:
     features = {MODEL: model_emb.features[keep], RANDOM: random_emb.features[keep], FC: fc_dataset(cfg.data, scan_ids)}
     comparison = compare_features(features, subjects, y, task, seeds, cfg.fractions, split_column)
     if cfg.mode == "finetune":
-        comparison = finetune_comparison(cfg, bundle, target_tr, scan_ids, subjects, y, task, seeds, split_column,
-                                         comparison)
+        comparison = finetune_comparison(
+            cfg, bundle, target_tr, scan_ids, subjects, y, task, seeds, split_column, comparison
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"table": str(out / "table.txt"), "results": str(out / "results.json"),
-             "plot": str(out / f"evaluation-{cfg.target}.png")}
+    files = {
+        "table": str(out / "table.txt"),
+        "results": str(out / "results.json"),
+        "plot": str(out / f"evaluation-{cfg.target}.png"),
+    }
     Path(files["table"]).write_text(comparison.format_table() + "\n")
-    result_json = {"config": to_dict(cfg), "target": cfg.target, "n_scans": len(scan_ids),
-                   "dropped_missing_target": int((~keep).sum()), "skipped_scans": model_emb.skipped,
-                   **comparison.to_json()}
+    result_json = {
+        "config": to_dict(cfg),
+        "target": cfg.target,
+        "n_scans": len(scan_ids),
+        "dropped_missing_target": int((~keep).sum()),
+        "skipped_scans": model_emb.skipped,
+        **comparison.to_json(),
+    }
     Path(files["results"]).write_text(json.dumps(result_json, indent=2))
     plot_evaluation(comparison.last, task, cfg.target, files["plot"])
     return Evaluation(comparison, cfg.target, len(scan_ids), int((~keep).sum()), files)
 
 
-def finetune_comparison(cfg: EvaluateConfig, bundle: EncoderBundle, target_tr: float, scan_ids: list[str],
-                        subjects: list[str], y: np.ndarray, task: str, seeds: list[int],
-                        split_column: list[str] | None, linear: ComparisonResult) -> ComparisonResult:
+def finetune_comparison(
+    cfg: EvaluateConfig,
+    bundle: EncoderBundle,
+    target_tr: float,
+    scan_ids: list[str],
+    subjects: list[str],
+    y: np.ndarray,
+    task: str,
+    seeds: list[int],
+    split_column: list[str] | None,
+    linear: ComparisonResult,
+) -> ComparisonResult:
     """Fine-tuned model and random encoder next to the linear FC baseline (same splits per seed)."""
     from brainjepa_platform.evaluate.finetune import compare_finetune
 
     bundle = scaled_for(bundle, read_manifest(cfg.data), cfg.scaling)
     windows, index = scan_windows(cfg.data, bundle, scan_ids, target_tr)
-    tuned = compare_finetune({MODEL: bundle, RANDOM: random_encoder_bundle(bundle)}, windows, index, subjects, y,
-                             task, seeds, cfg.fractions, cfg.finetune, split_column=split_column,
-                             num_workers=cfg.workers)
+    tuned = compare_finetune(
+        {MODEL: bundle, RANDOM: random_encoder_bundle(bundle)},
+        windows,
+        index,
+        subjects,
+        y,
+        task,
+        seeds,
+        cfg.fractions,
+        cfg.finetune,
+        split_column=split_column,
+        num_workers=cfg.workers,
+    )
     return ComparisonResult(task, seeds, linear.fractions, {**tuned.results, FC: linear.results[FC]})
 
 
 def log_evaluation(evaluation: Evaluation, cfg: EvaluateConfig, tracking_uri: str) -> str:
-    """One MLflow run: params, mean/std metric per feature set, the table, JSON and plot as artifacts."""
+    """One MLflow run in ``tracking_uri``: params, mean/std metric per feature set, the table, JSON and plot as
+    artifacts (MLflow's process-wide tracking URI is left as it was)."""
     import mlflow
 
-    from brainjepa_platform.tracking import registry as tracking
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = tracking.ensure_experiment(cfg.experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{cfg.target}-{cfg.mode}") as run:
-        tracking.log_params(to_dict(cfg))
+    from brainjepa_platform.tracking.params import log_params
+    from brainjepa_platform.tracking.store import ensure_experiment
+    from brainjepa_platform.tracking.uri import using_tracking_uri
+
+    experiment_id = ensure_experiment(cfg.experiment, tracking_uri)
+    run_name = f"evaluate-{cfg.target}-{cfg.mode}"
+    with using_tracking_uri(tracking_uri), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        log_params(to_dict(cfg))
         metrics = {}
         for name, per_metric in evaluation.comparison.summary().items():
             for metric, (mean, std) in per_metric.items():

@@ -29,7 +29,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from brainjepa.preprocess import RobustStats, robust_stats
 from brainjepa_platform.evaluate.embed import embed_scan
-from brainjepa_platform.tracking.registry import EncoderBundle, load_encoder
+from brainjepa_platform.tracking.bundle import EncoderBundle
+from brainjepa_platform.tracking.registry import load_encoder
 
 POOLINGS = ("mean", "roi")
 SCALINGS = ("data", "model")
@@ -57,12 +58,16 @@ def _scan(i: int, x: Any, n_rois: int, atlas: str) -> np.ndarray:
         raise ValueError(f"X[{i}] has shape {array.shape}: expected (T, R), time first, as nilearn maskers return it")
     if array.shape[1] != n_rois:
         hint = "; it looks transposed: time must come first, (T, R)" if array.shape[0] == n_rois else ""
-        raise ValueError(f"X[{i}] has {array.shape[1]} ROIs (columns) but the model takes {n_rois} ROIs (atlas "
-                         f"{atlas}): extract the series with the model's atlas{hint}")
+        raise ValueError(
+            f"X[{i}] has {array.shape[1]} ROIs (columns) but the model takes {n_rois} ROIs (atlas "
+            f"{atlas}): extract the series with the model's atlas{hint}"
+        )
     if not np.all(np.isfinite(array)):
         frame, roi = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"X[{i}] contains NaN or infinite values (first at frame {frame}, ROI {roi}): "
-                         "drop or interpolate those frames first")
+        raise ValueError(
+            f"X[{i}] contains NaN or infinite values (first at frame {frame}, ROI {roi}): "
+            "drop or interpolate those frames first"
+        )
     return np.ascontiguousarray(array.T)
 
 
@@ -81,16 +86,20 @@ def as_scans(X: Any, n_rois: int, atlas: str) -> list[np.ndarray]:
 def model_tr(bundle: EncoderBundle) -> float:
     """The TR (seconds) the model was pretrained at: every scan is resampled to it."""
     if not bundle.target_tr:
-        raise ValueError(f"the model ({bundle.atlas}) does not record the TR it was pretrained at: register it "
-                         "with its TR (e.g. brainjepa import-checkpoint --tr SECONDS)")
+        raise ValueError(
+            f"the model ({bundle.atlas}) does not record the TR it was pretrained at: register it "
+            "with its TR (e.g. brainjepa import-checkpoint --tr SECONDS)"
+        )
     return float(bundle.target_tr)
 
 
 def model_stats(bundle: EncoderBundle) -> RobustStats:
     """The model's own robust-scaling statistics (its pretraining cohort's), for ``scaling="model"``."""
     if bundle.stats is None:
-        raise ValueError(f"scaling='model': this model ({bundle.atlas}) has no robust-scaling statistics of its "
-                         "own (imported without --stats); use scaling='data' (the fitted series' median/IQR)")
+        raise ValueError(
+            f"scaling='model': this model ({bundle.atlas}) has no robust-scaling statistics of its "
+            "own (imported without --stats); use scaling='data' (the fitted series' median/IQR)"
+        )
     return bundle.stats
 
 
@@ -114,9 +123,17 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
     (the model's TR).
     """
 
-    def __init__(self, model: str | EncoderBundle | None = None, *, t_r: float | None = None, pooling: str = "mean",
-                 scaling: str = "data", window_stride: float | None = None, batch_size: int = 32,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str | EncoderBundle | None = None,
+        *,
+        t_r: float | None = None,
+        pooling: str = "mean",
+        scaling: str = "data",
+        window_stride: float | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
         self.model = model
         self.t_r = t_r
         self.pooling = pooling
@@ -135,8 +152,11 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
         _positive("t_r", self.t_r, "the data's repetition time")
         if self.window_stride is not None:
             _positive("window_stride", self.window_stride, "seconds between window starts, or None")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
-                or self.batch_size < 1:
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, (int, np.integer))
+            or self.batch_size < 1
+        ):
             raise ValueError(f"batch_size={self.batch_size!r}: expected an integer >= 1")
 
     def _load_bundle(self) -> EncoderBundle:
@@ -150,8 +170,10 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
         elif isinstance(self.model, str) and self.model:
             bundle = load_encoder(self.model, device=self.device)
         else:
-            raise ValueError(f"model={self.model!r}: expected a registered encoder URI (models:/NAME@ALIAS, "
-                             "runs:/RUN_ID/encoder) or an EncoderBundle")
+            raise ValueError(
+                f"model={self.model!r}: expected a registered encoder URI (models:/NAME@ALIAS, "
+                "runs:/RUN_ID/encoder) or an EncoderBundle"
+            )
         self._bundle_key = key
         return bundle
 
@@ -175,8 +197,15 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
 
     def _embed(self, bundle: EncoderBundle, i: int, series: np.ndarray) -> np.ndarray:
         try:
-            pooled, per_roi = embed_scan(bundle, series, float(self.t_r), self.target_tr_, self.pooling == "roi",
-                                         int(self.batch_size), self.window_stride)
+            pooled, per_roi = embed_scan(
+                bundle,
+                series,
+                float(self.t_r),
+                self.target_tr_,
+                self.pooling == "roi",
+                int(self.batch_size),
+                self.window_stride,
+            )
         except ValueError as exc:  # e.g. a scan shorter than one window
             raise ValueError(f"X[{i}]: {exc}") from None
         return pooled if per_roi is None else per_roi.ravel()

@@ -18,7 +18,16 @@ from typing import Any, Literal
 
 import yaml
 
-from brainjepa.config import ConfigError, apply_overrides, from_dict, read_yaml_with_extends, to_dict
+from brainjepa.config import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    flatten,
+    from_dict,
+    read_yaml_with_extends,
+    set_dotted,
+    to_dict,
+)
 from brainjepa_platform.errors import user_error_message
 from brainjepa_platform.evaluate.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from brainjepa_platform.train.config import PretrainConfig
@@ -178,17 +187,6 @@ def _spec(key: str, raw: Any) -> ParamSpec:
         raise ConfigError(f"space.{key}: {exc}") from None
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """``data["a"]["b"]["c"] = value`` for ``key="a.b.c"``, creating sections as needed."""
-    *parents, last = key.split(".")
-    node = data
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part!r} is not a section")
-    node[last] = value
-
-
 def tune_value(value: Any) -> Any:
     """How a value travels through Tune: lists (mask ranges) as their JSON text, which the config
     loader parses back (Optuna only takes scalars as choices)."""
@@ -217,21 +215,6 @@ def check_space(cfg: SweepConfig) -> None:
             raise ConfigError(f"space.{key} is not a PretrainConfig key{hint}")
         for value in spec.candidates():
             pretrain_from(cfg.pretrain, {key: tune_value(value)})
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> ``{"a.b.c": value}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
-
-
-def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _base_file(ref: str, sweep_file: Path | None, from_cli: bool) -> Path:
@@ -264,7 +247,7 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     if ref:
         from_cli = any(o.split("=", 1)[0].strip() == "pretrain_config" for o in overrides)
         base = read_yaml_with_extends(_base_file(ref, sweep_file, from_cli))
-        data["pretrain"] = _overlay(base, data.get("pretrain") or {})
+        data["pretrain"] = deep_merge(base, data.get("pretrain") or {})
     try:
         cfg = from_dict(SweepConfig, data)
     except ConfigError as exc:

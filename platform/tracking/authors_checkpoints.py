@@ -25,6 +25,7 @@ from brainjepa.preprocess import RobustStats
 from brainjepa_platform.storage import read_bytes, resolve, write_bytes
 
 DEFAULT_IMPORT_NAME = "brainjepa-encoder-imported"
+IMPORT_EXPERIMENT = "brainjepa-imports"  # the MLflow experiment `brainjepa import-checkpoint` logs to
 UKB_TR = 0.735
 """UK Biobank's TR: the authors pretrained on UKB windows of 160 frames."""
 AUTHORS_SUBCORTICAL = 50
@@ -88,8 +89,9 @@ def read_stats(uri: str, n_rois: int) -> RobustStats:
     with np.load(io.BytesIO(read_bytes(resolve(uri))), allow_pickle=False) as data:
         missing = {"median", "iqr"} - set(data.files)
         if missing:
-            raise ValueError(f"{uri}: expected arrays 'median' and 'iqr' (one value per ROI), "
-                             f"missing {sorted(missing)}")
+            raise ValueError(
+                f"{uri}: expected arrays 'median' and 'iqr' (one value per ROI), missing {sorted(missing)}"
+            )
         stats = RobustStats(np.asarray(data["median"], np.float64).ravel(), np.asarray(data["iqr"], np.float64).ravel())
     if stats.median.shape != (n_rois,) or stats.iqr.shape != (n_rois,):
         raise ValueError(f"{uri}: {stats.median.size} medians and {stats.iqr.size} IQRs for a model of {n_rois} ROIs")
@@ -110,10 +112,14 @@ def load_torch_file(uri: str) -> dict[str, Any]:
 
 def import_checkpoint(request: ImportRequest, tracking_uri: str | None = None) -> ImportResult:
     """Read their checkpoint, check it, and register its target (or context) encoder as a new version
-    of ``request.name`` with the bundle a pretraining run logs."""
+    of ``request.name`` with the bundle a pretraining run logs, in a run of :data:`IMPORT_EXPERIMENT`
+    (``tracking_uri``, default :func:`~brainjepa_platform.tracking.store.default_tracking_uri`)."""
     import mlflow
 
-    from brainjepa_platform.tracking import registry as tracking
+    from brainjepa_platform.tracking.registry import log_encoder
+    from brainjepa_platform.tracking.store import default_tracking_uri, ensure_experiment
+    from brainjepa_platform.tracking.uri import using_tracking_uri
+
     start = time.perf_counter()
     gradients, artifact_labels, artifact_atlas = read_gradients(request.gradients)
     weights = read_authors_checkpoint(load_torch_file(request.checkpoint), gradients, request.which, request.heads)
@@ -128,15 +134,38 @@ def import_checkpoint(request: ImportRequest, tracking_uri: str | None = None) -
         raise ValueError(f"{where}: {len(labels)} ROI labels for a model of {n_rois} ROIs")
     atlas = request.atlas or atlas
     stats = read_stats(request.stats, n_rois) if request.stats else None
-    tracking.configure("brainjepa-imports", tracking_uri)
-    with mlflow.start_run(run_name=f"import {Path(request.checkpoint).name}"):
-        mlflow.log_params({"source": Path(request.checkpoint).name, "which": request.which, "epoch": weights.epoch,
-                           "target_tr": request.tr, "stats": "given" if stats is not None else "missing",
-                           "atlas": atlas})
-        version = tracking.log_encoder(weights.encoder, weights.config, gradients.numpy(), stats, labels, atlas,
-                                       registered_name=request.name, target_tr=request.tr)
-    return ImportResult(f"models:/{request.name}/{version}", version, weights.config, weights.epoch, stats is None,
-                        time.perf_counter() - start)
+    uri = tracking_uri or default_tracking_uri()
+    experiment_id = ensure_experiment(IMPORT_EXPERIMENT, uri)
+    run_name = f"import {Path(request.checkpoint).name}"
+    with using_tracking_uri(uri), mlflow.start_run(experiment_id=experiment_id, run_name=run_name):
+        mlflow.log_params(
+            {
+                "source": Path(request.checkpoint).name,
+                "which": request.which,
+                "epoch": weights.epoch,
+                "target_tr": request.tr,
+                "stats": "given" if stats is not None else "missing",
+                "atlas": atlas,
+            }
+        )
+        version = log_encoder(
+            weights.encoder,
+            weights.config,
+            gradients.numpy(),
+            stats,
+            labels,
+            atlas,
+            registered_name=request.name,
+            target_tr=request.tr,
+        )
+    return ImportResult(
+        f"models:/{request.name}/{version}",
+        version,
+        weights.config,
+        weights.epoch,
+        stats is None,
+        time.perf_counter() - start,
+    )
 
 
 def export_checkpoint(source: str, out: str) -> tuple[str, list[str]]:
@@ -158,7 +187,7 @@ def export_checkpoint(source: str, out: str) -> tuple[str, list[str]]:
         cfg, state = from_dict(ModelConfig, engine["model_config"]), engine["model"]
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
         target, context, predictor = part("target_encoder."), part("student.encoder."), part("student.predictor.")
     checkpoint = write_authors_checkpoint(cfg, target, context, predictor)

@@ -22,7 +22,7 @@ import numpy as np
 from brainjepa.config import to_dict
 from brainjepa.gradients import GradientArtifact
 from brainjepa_platform.cluster.connect import init_ray
-from brainjepa_platform.data.ingestion import read_manifest
+from brainjepa_platform.data.manifest import Manifest, read_manifest
 from brainjepa_platform.storage import (
     Location,
     ensure_bucket,
@@ -31,6 +31,7 @@ from brainjepa_platform.storage import (
     resolve,
     write_json,
 )
+from brainjepa_platform.tracking.uri import using_tracking_uri
 from brainjepa_platform.train.checkpoints import read_local_checkpoint, run_location
 from brainjepa_platform.train.config import PretrainConfig
 from brainjepa_platform.train.run_lock import RunLock
@@ -49,27 +50,44 @@ class PretrainResult:
     metrics: dict[str, Any]
 
 
-def start_or_resume_run(cfg: PretrainConfig, tracking_uri: str, run_dir: Location,
-                        manifest: dict[str, Any], artifact: GradientArtifact | None) -> str:
+def start_or_resume_run(
+    cfg: PretrainConfig, tracking_uri: str, run_dir: Location, manifest: Manifest, artifact: GradientArtifact | None
+) -> str:
     """The MLflow run of this training run: reused on a rerun, else created with params and artifacts."""
     import mlflow
 
-    from brainjepa_platform.tracking import registry as tracking
+    from brainjepa_platform.tracking.params import log_params
+    from brainjepa_platform.tracking.registry import log_run_artifacts
+    from brainjepa_platform.tracking.store import ensure_experiment
+
     resolved = to_dict(cfg)
     state = run_dir.child(RUN_FILE)
     if exists(state):
         saved = read_json(state)
         check_resumable(saved["config"], resolved, run_dir.uri)
         return saved["run_id"]
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = tracking.ensure_experiment(cfg.tracking.experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.train.name) as run:
-        tracking.log_params(resolved)
-        tracking.log_params({"dataset": {"scans": manifest["counts"]["scans"], "atlas": manifest["atlas"]["name"],
-                                         "subjects": manifest["counts"]["subjects"]}})
-        tracking.log_run_artifacts(config=resolved, gradients=None if artifact is None else artifact.gradients,
-                                   stats=manifest["robust_stats"], roi_labels=manifest["atlas"]["roi_labels"],
-                                   atlas=manifest["atlas"]["name"])
+    experiment_id = ensure_experiment(cfg.tracking.experiment, tracking_uri)
+    with (
+        using_tracking_uri(tracking_uri),
+        mlflow.start_run(experiment_id=experiment_id, run_name=cfg.train.name) as run,
+    ):
+        log_params(resolved)
+        log_params(
+            {
+                "dataset": {
+                    "scans": manifest.counts.scans,
+                    "atlas": manifest.atlas.name,
+                    "subjects": manifest.counts.subjects,
+                }
+            }
+        )
+        log_run_artifacts(
+            config=resolved,
+            gradients=None if artifact is None else artifact.gradients,
+            stats=None if manifest.robust_stats is None else manifest.stats(),
+            roi_labels=list(manifest.atlas.roi_labels),
+            atlas=manifest.atlas.name,
+        )
         if artifact is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 artifact.save(Path(tmp) / "gradients.npz")  # with labels, parameters and provenance
@@ -79,30 +97,37 @@ def start_or_resume_run(cfg: PretrainConfig, tracking_uri: str, run_dir: Locatio
     return run_id
 
 
-def register_encoder(cfg: PretrainConfig, tracking_uri: str, run_id: str, checkpoint: Any,
-                     manifest: dict[str, Any], artifact: GradientArtifact | None,
-                     metrics: dict[str, Any] | None = None) -> str:
+def register_encoder(
+    cfg: PretrainConfig,
+    tracking_uri: str,
+    run_id: str,
+    checkpoint: Any,
+    manifest: Manifest,
+    artifact: GradientArtifact | None,
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """Log the final target encoder as a pyfunc embedding model and register it under the alias; the
     version is tagged with the steps, dataset and the final loss and monitors (``metrics``: the last report)."""
     import mlflow
 
-    from brainjepa.preprocess import RobustStats
-    from brainjepa_platform.tracking import registry as tracking
+    from brainjepa_platform.tracking.registry import log_encoder, training_tags
+
     with checkpoint.as_directory() as d:
         state = read_local_checkpoint(Path(d))
     prefix = "target_encoder."
-    encoder_state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        return tracking.log_encoder(
-            encoder_state, cfg.model,
+    encoder_state = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        return log_encoder(
+            encoder_state,
+            cfg.model,
             gradients=None if artifact is None else artifact.gradients,
-            stats=RobustStats.from_dict(manifest["robust_stats"]),
-            roi_labels=manifest["atlas"]["roi_labels"], atlas=manifest["atlas"]["name"],
-            registered_name=cfg.tracking.registered_model or None, alias=cfg.tracking.alias,
+            stats=manifest.stats(),
+            roi_labels=list(manifest.atlas.roi_labels),
+            atlas=manifest.atlas.name,
+            registered_name=cfg.tracking.registered_model or None,
+            alias=cfg.tracking.alias,
             target_tr=cfg.data.target_tr,
-            version_tags=tracking.training_tags((metrics or {}).get("step", cfg.train.steps), cfg.data.dataset,
-                                                metrics),
+            version_tags=training_tags((metrics or {}).get("step", cfg.train.steps), cfg.data.dataset, metrics),
         )
 
 
@@ -112,7 +137,7 @@ class PreparedRun:
     artifact, the MLflow run (created or reused) and the config handed to every worker."""
 
     datasets: dict[str, Any]
-    manifest: dict[str, Any]
+    manifest: Manifest
     artifact: GradientArtifact | None
     run_id: str
     gradients: np.ndarray | None
@@ -123,8 +148,9 @@ def prepare_run(cfg: PretrainConfig, tracking_uri: str) -> PreparedRun:
     """Datasets, gradients and the MLflow run of ``cfg`` (resumed when its run directory exists)."""
     run_dir = run_location(cfg.train.storage_path, cfg.train.name)
     samples_needed = cfg.train.steps * cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
-    train_ds, val_ds, manifest = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed,
-                                                seed=cfg.train.seed)
+    train_ds, val_ds, manifest = build_datasets(
+        cfg.data.dataset, cfg.model, cfg.data, samples_needed, seed=cfg.train.seed
+    )
     artifact = resolve_gradients(cfg, manifest, run_dir)
     run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
     gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
@@ -134,16 +160,18 @@ def prepare_run(cfg: PretrainConfig, tracking_uri: str) -> PreparedRun:
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain on ``cfg.data.dataset``; resume when the same run already has checkpoints."""
-    from brainjepa_platform.tracking import registry as tracking
+    from brainjepa_platform.tracking.names import encoder_model_name
+    from brainjepa_platform.tracking.store import default_tracking_uri
+
     if not cfg.data.dataset:
         raise ValueError("data.dataset is empty: pass data.dataset=URI of an ingested dataset")
-    atlas = read_manifest(cfg.data.dataset)["atlas"]
+    atlas = read_manifest(cfg.data.dataset).atlas
     if cfg.model.n_rois == 0:  # take the ROI count from the dataset
-        cfg.model.n_rois = atlas["n_rois"]
+        cfg.model.n_rois = atlas.n_rois
     if not cfg.tracking.registered_model:  # named after what the model accepts
-        cfg.tracking.registered_model = tracking.encoder_model_name(atlas["name"], atlas["n_rois"])
+        cfg.tracking.registered_model = encoder_model_name(atlas.name, atlas.n_rois)
     init_ray()
-    tracking_uri = cfg.tracking.tracking_uri or tracking.default_tracking_uri()
+    tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
     ensure_bucket(resolve(cfg.train.storage_path))
     with RunLock(run_location(cfg.train.storage_path, cfg.train.name)):
         run = prepare_run(cfg, tracking_uri)
@@ -152,8 +180,13 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
             raise result.error
         version = None
         if cfg.tracking.register and result.checkpoint is not None:
-            version = register_encoder(cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact,
-                                       dict(result.metrics))
-    return PretrainResult(run_id=run.run_id, steps=int(result.metrics.get("step", 0)),
-                          checkpoint=None if result.checkpoint is None else result.checkpoint.path,
-                          model_version=version, metrics=dict(result.metrics))
+            version = register_encoder(
+                cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact, dict(result.metrics)
+            )
+    return PretrainResult(
+        run_id=run.run_id,
+        steps=int(result.metrics.get("step", 0)),
+        checkpoint=None if result.checkpoint is None else result.checkpoint.path,
+        model_version=version,
+        metrics=dict(result.metrics),
+    )

@@ -111,10 +111,14 @@ def describe(selection: Selection, run_dir: Location) -> str | None:
     if selection.state is None and not selection.skipped:
         return None
     newest = "the newest intact one, " if selection.skipped else ""
-    used = (f"resuming from {newest}step {selection.step} at {selection.uri}" if selection.state is not None
-            else f"no intact checkpoint left in {run_dir.uri}: starting from step 0")
+    used = (
+        f"resuming from {newest}step {selection.step} at {selection.uri}"
+        if selection.state is not None
+        else f"no intact checkpoint left in {run_dir.uri}: starting from step 0"
+    )
     if not selection.skipped:
         return used
-    skipped = "; ".join(f"step {s.step if s.step is not None else '?'} at {s.uri} ({s.reason})"
-                        for s in selection.skipped)
+    skipped = "; ".join(
+        f"step {s.step if s.step is not None else '?'} at {s.uri} ({s.reason})" for s in selection.skipped
+    )
     return f"skipped unusable checkpoint(s): {skipped}; {used}"

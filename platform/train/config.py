@@ -45,7 +45,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
-    """Fractional CPUs leave room for Ray Data on small machines (SPEC 7)."""
+    """Fractional CPUs leave room for Ray Data on small machines (docs/training.md, "Small machines")."""
     dtype: Literal["float32", "bf16"] = "float32"
     checkpoint_every: int = 50
     storage_path: str = "runs"

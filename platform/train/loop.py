@@ -57,8 +57,11 @@ def _collated(shard: Any, cfg: PretrainConfig, rank: int, collate: MaskingCollat
     while True:
         produced = 0
         for batch in shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, collate_fn=collate, drop_last=True,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None, local_shuffle_seed=cfg.train.seed + epoch,
+            batch_size=cfg.train.batch_size,
+            collate_fn=collate,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=cfg.train.seed + epoch,
             prefetch_batches=cfg.data.prefetch_batches,
         ):
             produced += 1
@@ -76,8 +79,9 @@ def batches(shard: Any, cfg: PretrainConfig, rank: int, after_step: int = 0) -> 
     m of step s are keyed by (seed, rank, s, m), so a resumed run draws the masks the uninterrupted one did."""
     collate = MaskingCollate(cfg.masks, cfg.model, seed=cfg.train.seed, stream=rank)
     keys = step_keys(after_step, cfg.optim.accumulation_steps)
-    return collate.masked(_collated(shard, cfg, rank, collate), keys, cfg.train.batch_size,
-                          ahead=max(1, cfg.data.prefetch_batches))
+    return collate.masked(
+        _collated(shard, cfg, rank, collate), keys, cfg.train.batch_size, ahead=max(1, cfg.data.prefetch_batches)
+    )
 
 
 @torch.no_grad()
@@ -89,8 +93,9 @@ def validation_loss(engine: PretrainEngine, val: Any, cfg: PretrainConfig) -> fl
     model = engine.model
     model.student.eval()
     losses = []
-    collated = itertools.islice(val.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate),
-                                cfg.train.val_batches)
+    collated = itertools.islice(
+        val.iter_torch_batches(batch_size=cfg.train.batch_size, collate_fn=collate), cfg.train.val_batches
+    )
     for batch in collate.masked(collated, ((i,) for i in itertools.count()), cfg.train.batch_size, ahead=1):
         series = batch["series"].to(engine.device)
         ctx, tgt = batch["context_index"].to(engine.device), batch["target_index"].to(engine.device)
@@ -142,15 +147,22 @@ def build_engine(cfg: PretrainConfig, gradients: np.ndarray | None) -> PretrainE
     device = ray.train.torch.get_device()
     model.to(device)
     student = ray.train.torch.prepare_model(model.student, move_to_device=False)
-    return PretrainEngine(model, cfg.optim, cfg.train.steps, device=device, dtype=cfg.train.dtype, student=student,
-                          monitor_every=cfg.train.log_every)
+    return PretrainEngine(
+        model,
+        cfg.optim,
+        cfg.train.steps,
+        device=device,
+        dtype=cfg.train.dtype,
+        student=student,
+        monitor_every=cfg.train.log_every,
+    )
 
 
 def format_duration(seconds: float) -> str:
     """``75`` -> ``1m15s``; ``4000`` -> ``1h06m``; unknown -> ``?``."""
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -171,8 +183,10 @@ class Progress:
         elapsed = self.clock() - self.start
         done = step - self.first_step
         eta = (self.total - step) * elapsed / done if done > 0 and elapsed > 0 else float("nan")
-        return (f"step {step}/{self.total} ({100 * step / self.total:.0f}%)  loss {loss:.4f}  "
-                f"{samples_per_s:.1f} samples/s  ETA {format_duration(eta)}")
+        return (
+            f"step {step}/{self.total} ({100 * step / self.total:.0f}%)  loss {loss:.4f}  "
+            f"{samples_per_s:.1f} samples/s  ETA {format_duration(eta)}"
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -191,8 +205,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     samples_per_step = cfg.train.batch_size * cfg.optim.accumulation_steps * world
     progress = Progress(cfg.train.steps, engine.step)
     if rank == 0 and engine.step < cfg.train.steps:
-        print(f"brainjepa pretrain: steps {engine.step + 1}-{cfg.train.steps} on {world} worker(s), "
-              f"{samples_per_step} samples per step; progress every {cfg.train.log_every} steps", flush=True)
+        print(
+            f"brainjepa pretrain: steps {engine.step + 1}-{cfg.train.steps} on {world} worker(s), "
+            f"{samples_per_step} samples per step; progress every {cfg.train.log_every} steps",
+            flush=True,
+        )
     val = ray.train.get_dataset_shard("val") if rank == 0 else None
     meta = {"run_id": config.get("run_id", ""), "config": config["cfg"]}
     window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
@@ -205,8 +222,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step = engine.step
         if rank == 0 and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
             elapsed = time.perf_counter() - window_start
-            metrics.update(samples_per_s=samples_per_step * window_steps / elapsed,
-                           data_wait_fraction=window_wait / elapsed)
+            metrics.update(
+                samples_per_s=samples_per_step * window_steps / elapsed, data_wait_fraction=window_wait / elapsed
+            )
             logger.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
             print(progress.line(step, metrics["loss"], metrics["samples_per_s"]), flush=True)
             window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
@@ -216,6 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 report.update({k: metrics[k] for k in LEARNING_MONITORS if k in metrics})
                 report["val_loss"] = validation_loss(engine, val, cfg)
                 logger.log({"val_loss": report["val_loss"]}, step=step)
-                print(f"step {step}/{cfg.train.steps}: checkpoint, validation loss {report['val_loss']:.4f}",
-                      flush=True)
+                print(
+                    f"step {step}/{cfg.train.steps}: checkpoint, validation loss {report['val_loss']:.4f}", flush=True
+                )
             save_checkpoint(engine, meta, report, rank)

@@ -56,8 +56,10 @@ class Holder:
 
     def describe(self, now: float) -> str:
         started = datetime.fromtimestamp(self.started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return (f"host {self.host}, pid {self.pid}, started {started}, "
-                f"last heartbeat {max(0.0, now - self.heartbeat):.0f}s ago")
+        return (
+            f"host {self.host}, pid {self.pid}, started {started}, "
+            f"last heartbeat {max(0.0, now - self.heartbeat):.0f}s ago"
+        )
 
 
 def pid_running(pid: int) -> bool:
@@ -88,8 +90,13 @@ def stale_reason(holder: Holder, now: float, stale_after: float) -> str | None:
 class RunLock:
     """Exclusive use of a run folder by this process; use as a context manager (``with RunLock(dir):``)."""
 
-    def __init__(self, run_dir: Location, heartbeat_s: float = HEARTBEAT_S, stale_after: float = STALE_AFTER_S,
-                 settle_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        run_dir: Location,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after: float = STALE_AFTER_S,
+        settle_s: float = 0.5,
+    ) -> None:
         self.run_dir, self.loc = run_dir, run_dir.child(LOCK_FILE)
         self.heartbeat_s, self.stale_after, self.settle_s = heartbeat_s, stale_after, settle_s
         now = time.time()
@@ -184,8 +191,11 @@ class RunLock:
             try:
                 current = self.read()
                 if current is None or current.token != self.me.token:
-                    _log.error("lost the run lock %s to %s", self.loc.uri,
-                               "nobody" if current is None else current.describe(time.time()))
+                    _log.error(
+                        "lost the run lock %s to %s",
+                        self.loc.uri,
+                        "nobody" if current is None else current.describe(time.time()),
+                    )
                     return
                 self.me.heartbeat = time.time()
                 write_bytes(self.loc, self._payload())

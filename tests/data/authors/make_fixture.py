@@ -54,14 +54,29 @@ def main() -> None:
     np.savetxt(out / f"gradient_mapping_{ROIS}.csv", gradients, delimiter=",", fmt="%.8f")  # their layout: no header
     gradient = torch.from_numpy(np.loadtxt(out / f"gradient_mapping_{ROIS}.csv", delimiter=",")).float()[None]
     encoder = VisionTransformer(
-        img_size=(ROIS, FRAMES), patch_size=PATCH, in_chans=1, embed_dim=DIM, depth=DEPTH, num_heads=HEADS,
-        mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), gradient_pos_embed=gradient,
-        attn_mode="normal", add_w="mapping",
+        img_size=(ROIS, FRAMES),
+        patch_size=PATCH,
+        in_chans=1,
+        embed_dim=DIM,
+        depth=DEPTH,
+        num_heads=HEADS,
+        mlp_ratio=4,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        gradient_pos_embed=gradient,
+        attn_mode="normal",
+        add_w="mapping",
     )
     predictor = vit_predictor(
-        num_patches=encoder.patch_embed.num_patches, num_patches_2d=encoder.patch_embed.num_patches_2d,
-        embed_dim=DIM, predictor_embed_dim=PRED_DIM, depth=PRED_DEPTH, num_heads=HEADS, gradient_pos_embed=gradient,
-        attn_mode="normal", add_w="mapping",
+        num_patches=encoder.patch_embed.num_patches,
+        num_patches_2d=encoder.patch_embed.num_patches_2d,
+        embed_dim=DIM,
+        predictor_embed_dim=PRED_DIM,
+        depth=PRED_DEPTH,
+        num_heads=HEADS,
+        gradient_pos_embed=gradient,
+        attn_mode="normal",
+        add_w="mapping",
     )
     with torch.no_grad():  # move every parameter off its init (zero biases, unit norms) so a mis-mapping shows
         for p in [*encoder.parameters(), *predictor.parameters()]:
@@ -100,16 +115,28 @@ def main() -> None:
     tokens, h, z, loss = forward()
     context = encoder(series, masks_enc)
     checkpoint = {  # the keys of their save_checkpoint, under DDP
-        "encoder": ddp(encoder.state_dict()), "predictor": ddp(predictor.state_dict()),
-        "target_encoder": ddp(target_encoder.state_dict()), "opt": opt.state_dict(), "scaler": None,
-        "epoch": 1, "loss": loss.item(), "batch_size": batch, "world_size": 1, "lr": 1e-4,
+        "encoder": ddp(encoder.state_dict()),
+        "predictor": ddp(predictor.state_dict()),
+        "target_encoder": ddp(target_encoder.state_dict()),
+        "opt": opt.state_dict(),
+        "scaler": None,
+        "epoch": 1,
+        "loss": loss.item(),
+        "batch_size": batch,
+        "world_size": 1,
+        "lr": 1e-4,
     }
     torch.save(checkpoint, out / "authors_checkpoint.pt")
     np.savez_compressed(
-        out / "authors_outputs.npz", series=series[:, 0].numpy(), masks_enc=masks_enc[0].numpy(),
+        out / "authors_outputs.npz",
+        series=series[:, 0].numpy(),
+        masks_enc=masks_enc[0].numpy(),
         masks_pred=torch.stack(masks_pred).numpy(),
-        target_tokens=tokens.detach().numpy(), context_tokens=context.detach().numpy(),
-        predictions=z.detach().numpy(), targets=h.numpy(), loss=np.float64(loss.item()),
+        target_tokens=tokens.detach().numpy(),
+        context_tokens=context.detach().numpy(),
+        predictions=z.detach().numpy(),
+        targets=h.numpy(),
+        loss=np.float64(loss.item()),
     )
     print(f"wrote {out}/authors_checkpoint.pt and authors_outputs.npz (loss {loss.item():.6f})")
 

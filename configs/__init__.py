@@ -1,0 +1,1 @@
+"""The built-in YAML configs, installed as ``brainjepa_platform.configs`` (see brainjepa_platform.config_files)."""
