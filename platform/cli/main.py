@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import os
 import re
-import select
 import sys
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
 from brainjepa_platform.cli.options import add_command, base_options, comma_separated, keys_given, shortcut
+from brainjepa_platform.cli.process import (
+    LOG_LEVELS,
+    close_stdout,
+    command_name,
+    configure_logging,
+    interrupted_message,
+    stdout_closed,
+)
 from brainjepa_platform.errors import (
     DEBUG_ENV,
     EXIT_BROKEN_PIPE,
@@ -36,8 +41,6 @@ if TYPE_CHECKING:
 EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the traceback), 3 done with some
 inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
 141 the output pipe was closed (e.g. `| head`)."""
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_HANDLER = "brainjepa-cli"
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
@@ -337,73 +340,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     return args
 
 
-class _StderrHandler(logging.StreamHandler):
-    """To whatever ``sys.stderr`` is when a line is logged (not the stream of when the handler was made)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def configure_logging(level: str, command: str) -> None:
-    """Log lines of brainjepa's own loggers (``brainjepa``, ``brainjepa_platform``) go to stderr from ``level``
-    on, once per command (a second ``main()`` in the same process replaces the handler); other libraries'
-    logging stays as they set it."""
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(f"brainjepa {command}: %(levelname)s: %(message)s"))
-    handler.set_name(LOG_HANDLER)
-    for name in ("brainjepa", "brainjepa_platform"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if h.get_name() == LOG_HANDLER]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-
-
-# What an interrupted command leaves behind (``{name}`` are its arguments); commands that know more
-# (pretrain, sweep) set ``args.on_interrupt`` themselves once their config is read.
-ON_INTERRUPT = {
-    "ingest": "chunks finished so far are kept in {out}; the same command redoes only the rest",
-    "demo": "finished steps are recorded in {out}/demo-state.json; the same command goes on from there",
-    "synth": "{out} may be unfinished; run the same command again, with --overwrite",
-}
-NOTHING_KEPT = "its outputs are written at the end, so nothing was kept; run the same command again"
-
-
-def command_name(args: argparse.Namespace) -> str:
-    """``ingest``, ``dataset info``, ``bench step``, ``submit pretrain``, ..."""
-    sub = getattr(args, "dataset_cmd", None) or getattr(args, "bench", None) or getattr(args, "kind", None)
-    return f"{args.command} {sub}" if sub else args.command
-
-
-def interrupted_message(args: argparse.Namespace) -> str:
-    """One line: where the command stopped, what is on disk, how to go on."""
-    options = getattr(args, "options", None)  # a command's resolved options (``out``, ...)
-    fields = {**vars(args), **(to_dict(options) if dataclasses.is_dataclass(options) else {})}
-    note = getattr(args, "on_interrupt", None) or ON_INTERRUPT.get(args.command, NOTHING_KEPT).format(**fields)
-    return f"brainjepa {command_name(args)}: interrupted (Ctrl-C); {note}"
-
-
-def _stdout_closed() -> bool:
-    """Whether the reader of stdout went away (``| head``), rather than some other pipe or socket breaking."""
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout
-        return True
-
-
-def _close_stdout() -> None:
-    """Send whatever is still buffered for the departed reader nowhere (no error at exit)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 2 error (one line on stderr), 3 some inputs quarantined
     (ingest), 130 interrupted, 141 output pipe closed; tracebacks only for bugs (and with --debug)."""
@@ -421,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         print(interrupted_message(args), file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if isinstance(exc, BrokenPipeError) and _stdout_closed():
-            _close_stdout()
+        if isinstance(exc, BrokenPipeError) and stdout_closed():
+            close_stdout()
             return EXIT_BROKEN_PIPE
         message = user_error_message(exc)
         if message is None:

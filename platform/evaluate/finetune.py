@@ -13,9 +13,8 @@ Dataset: the windows are already a small in-memory array, every epoch needs a fr
 and DDP needs every rank to take exactly the same number of steps (an extra step on one rank hangs
 the all-reduce). Each worker fetches the arrays from the object store (shared memory on its node)
 and takes a ``DistributedSampler``-style slice of one shared permutation, padded to a multiple of
-the world size. Workers import this module,
-so the driver-only modules (probes and metrics: scikit-learn; tracking: MLflow) are imported inside
-the functions that use them, which keeps worker start-up light.
+the world size. Workers import only :mod:`brainjepa_platform.evaluate.finetune_worker` (torch and the model
+library); the driver-only modules (probes and metrics: scikit-learn; tracking: MLflow) stay out of them.
 """
 
 from __future__ import annotations
@@ -31,29 +30,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from brainjepa.heads import FinetuneConfig, FinetuneEngine, FinetuneModel, Task
-from brainjepa_platform.train.checkpoints import read_local_checkpoint, write_checkpoint_dir
+from brainjepa_platform.evaluate.finetune_worker import (
+    epoch_batches,
+    scan_mean,
+    train_loop_per_worker,
+    val_score,
+    window_outputs,
+)
+from brainjepa_platform.train.checkpoints import read_local_checkpoint
 
 if TYPE_CHECKING:
     from brainjepa_platform.evaluate.probe import ComparisonResult, ProbeResult
     from brainjepa_platform.evaluate.splits import SplitIndices
     from brainjepa_platform.tracking.bundle import EncoderBundle
 
-CHECKPOINT_KIND = "finetune"
 
-
-# --- per-scan bookkeeping --------------------------------------------------------------------------
-def scan_mean(values: np.ndarray, rows: np.ndarray, n_scans: int) -> np.ndarray:
-    """Average window outputs per scan: ``values[j]`` belongs to scan ``rows[j]`` (0..n_scans-1)."""
-    values = np.asarray(values, dtype=np.float64)
-    sums = np.zeros((n_scans, *values.shape[1:]))
-    np.add.at(sums, rows, values)
-    counts = np.bincount(rows, minlength=n_scans).reshape(-1, *([1] * (values.ndim - 1)))
-    return sums / counts
-
-
+# --- the driver ------------------------------------------------------------------------------------
+# inputs, split parts and targets (checked on the driver, before any worker starts)
 @dataclass(frozen=True)
 class _Part:
     """The windows of one split part: window indices and, per window, the row of its scan in ``scans``."""
@@ -109,115 +104,6 @@ def _targets(y: np.ndarray, task: str, train_scans: np.ndarray) -> tuple[np.ndar
     return codes.astype(np.int64), classes, len(classes)
 
 
-# --- validation ------------------------------------------------------------------------------------
-def window_outputs(engine: FinetuneEngine, windows: Any, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (n, k) for classification, predictions in original units (n,) for regression."""
-    if engine.task == "classification":
-        return engine.predict_proba(windows, batch_size)
-    return engine.predict(windows, batch_size)
-
-
-def val_score(task: str, scan_outputs: np.ndarray, scan_targets: np.ndarray) -> float:
-    """Balanced accuracy (classification, higher is better) or MSE (regression, lower is better)."""
-    if task == "classification":
-        from brainjepa_platform.evaluate.metrics import balanced_accuracy
-
-        return balanced_accuracy(scan_targets, scan_outputs.argmax(axis=1))
-    return float(np.mean((scan_outputs - scan_targets) ** 2))
-
-
-def _improves(task: str, score: float, best: float | None) -> bool:
-    """Strictly better than ``best`` (ties keep the earlier, shorter-trained epoch)."""
-    if best is None:
-        return True
-    return score > best if task == "classification" else score < best
-
-
-# --- the Ray Train worker --------------------------------------------------------------------------
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[np.ndarray]:
-    """This rank's batches of one epoch: a shared seeded permutation, padded to a multiple of ``world``
-    by repeating its head, dealt round-robin; every rank gets ``ceil(ceil(n / world) / batch_size)``."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    padded = np.concatenate([order, order[: (-n) % world]])
-    mine = padded[rank::world]
-    return [mine[i : i + batch_size] for i in range(0, mine.size, batch_size)]
-
-
-def _build_engine(config: dict[str, Any], world: int) -> FinetuneEngine:
-    import ray
-    import ray.train.torch
-
-    cfg: FinetuneConfig = config["cfg"]
-    torch.manual_seed(cfg.seed)
-    model = FinetuneModel(ray.get(config["encoder"]), config["n_outputs"])
-    device = ray.train.torch.get_device()
-    model.to(device)
-    module = ray.train.torch.prepare_model(model, move_to_device=False)
-    steps = cfg.total_steps(config["n_train"], world)
-    return FinetuneEngine(model, cfg, steps, config["task"], config["n_outputs"], train_module=module, device=device)
-
-
-def _train_epoch(engine: FinetuneEngine, x: torch.Tensor, t: torch.Tensor, epoch: int, rank: int, world: int) -> float:
-    """One epoch over this rank's batches; the mean training loss."""
-    batches = epoch_batches(x.shape[0], engine.cfg.batch_size, engine.cfg.seed, epoch, rank, world)
-    return float(np.mean([engine.train_step(x[b], t[b]) for b in batches]))
-
-
-def _validate(engine: FinetuneEngine, data: dict[str, np.ndarray], best: dict[str, Any], epoch: int) -> None:
-    """Rank 0: score the validation scans; keep a CPU copy of the weights when the score improves."""
-    outputs = scan_mean(window_outputs(engine, data["val_x"]), data["val_rows"], data["val_t"].shape[0])
-    score = val_score(engine.task, outputs, data["val_t"])
-    if _improves(engine.task, score, best["val_scores"].get(best["best_epoch"])):
-        best["best_epoch"] = epoch
-        best["model"] = {k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
-    best["val_scores"][epoch] = score
-
-
-def _report(engine: FinetuneEngine, metrics: dict[str, float], best: dict[str, Any] | None) -> None:
-    """Every rank reports once; rank 0 (``best`` given) attaches the best epoch's weights as the checkpoint."""
-    import ray.train
-
-    if best is None:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    state = {
-        **best,
-        "step": engine.step,
-        "task": engine.task,
-        "target_mean": engine.target_mean.clone(),
-        "target_std": engine.target_std.clone(),
-    }
-    metrics = {**metrics, "best_epoch": best["best_epoch"], "best_val_score": best["val_scores"][best["best_epoch"]]}
-    with tempfile.TemporaryDirectory(prefix="brainjepa-finetune-") as tmp:
-        write_checkpoint_dir(Path(tmp), state, {"kind": CHECKPOINT_KIND, **metrics})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: fine-tune for ``cfg.epochs``, rank 0 scoring every epoch and keeping the best.
-
-    One report at the end (the validation history travels in the checkpoint), so ranks synchronise
-    only through DDP's all-reduce while training.
-    """
-    import ray
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = {k: np.array(v) for k, v in ray.get(config["data"]).items()}  # writable copies of the store's views
-    engine = _build_engine(config, world)
-    if engine.task == "regression":
-        engine.set_target_scaling(data["train_t"])
-    x, t = torch.tensor(data["train_x"]), torch.tensor(data["train_t"])
-    best: dict[str, Any] = {"best_epoch": 0, "val_scores": {}, "model": None}
-    for epoch in range(1, engine.cfg.epochs + 1):
-        loss = _train_epoch(engine, x, t, epoch, rank, world)
-        if rank == 0:
-            _validate(engine, data, best, epoch)
-    _report(engine, {"epochs": engine.cfg.epochs, "train_loss": loss}, best if rank == 0 else None)
-
-
-# --- the driver ------------------------------------------------------------------------------------
 @dataclass
 class FinetuneRun:
     """The best-epoch model of a fine-tuning run, an engine to predict with it, and its validation history."""
