@@ -160,3 +160,16 @@ def test_bench_step_shows_progress_on_stderr_only(capsys: pytest.CaptureFixture[
     assert captured.out == ""
     assert "bench step tiny" in captured.err and "3/3" in captured.err
     assert result.steps == 2 and result.mfu > 0
+
+
+def test_resume_refuses_changed_settings_but_not_scale() -> None:
+    """A rerun may change scale and tracking; any other setting names the key, old and new value."""
+    from brainjepa_platform.sweep.driver import check_same_sweep
+    from brainjepa_platform.train.trainer import check_resumable
+
+    saved = {"model": {"depth": 2}, "train": {"num_workers": 1}, "tracking": {"experiment": "a"}}
+    check_resumable(saved, {"model": {"depth": 2}, "train": {"num_workers": 4}, "tracking": {"experiment": "b"}}, "r")
+    with pytest.raises(ValueError, match=r"model.depth: 2 -> 3"):
+        check_resumable(saved, {**saved, "model": {"depth": 3}}, "r")
+    with pytest.raises(ValueError, match=r"holds a sweep started with other settings \(grid: 1 -> 2\)"):
+        check_same_sweep({"grid": 1, "verbose": 0}, {"grid": 2, "verbose": 1}, "s")

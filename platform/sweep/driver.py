@@ -35,7 +35,7 @@ from brainjepa_platform.storage import (
     run_filesystem,
     write_json,
 )
-from brainjepa_platform.sweep.config import SweepConfig, flatten, pretrain_from, set_dotted
+from brainjepa_platform.sweep.config import SweepConfig, pretrain_from, set_dotted
 from brainjepa_platform.sweep.results import (
     SweepResult,
     TrialRow,
@@ -52,7 +52,7 @@ from brainjepa_platform.sweep.trial import SWEEP_TAG, TrialContext, sweep_trial,
 from brainjepa_platform.tracking.pretraining import register_encoder
 from brainjepa_platform.train.checkpoints import run_location
 from brainjepa_platform.train.config import PretrainConfig
-from brainjepa_platform.train.trainer import RESUMABLE_CHANGES, resolve_gradients
+from brainjepa_platform.train.trainer import RESUMABLE_CHANGES, changed_settings, resolve_gradients
 
 STATE_FILE = "sweep.json"
 TRAIN_DIR = "trials"
@@ -67,10 +67,8 @@ def resolved_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
 def check_same_sweep(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """Refuse to resume a sweep whose settings changed (other than scale, tracking and reporting)."""
-    a, b = flatten(saved), flatten(current)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(SWEEP_RESUMABLE))
-    if changed:
-        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+    details = changed_settings(saved, current, SWEEP_RESUMABLE)
+    if details:
         raise ValueError(
             f"{where} holds a sweep started with other settings ({details}); resume it with the same "
             "config, or choose a new name"

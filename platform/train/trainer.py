@@ -25,12 +25,18 @@ RESUMABLE_CHANGES = (
 )
 
 
+def changed_settings(saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...]) -> str:
+    """``"key: old -> new, ..."`` (at most 8) for the dotted keys that differ, other than those starting with one
+    of ``may_change``; empty when nothing else changed."""
+    a, b = flatten(saved), flatten(current)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(may_change))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     """Refuse to resume a run whose settings changed (other than scale and tracking)."""
-    a, b = flatten(saved), flatten(current)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-        details = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+    details = changed_settings(saved, current, RESUMABLE_CHANGES)
+    if details:
         raise ValueError(
             f"{where} holds a run started with other settings ({details}); resume it with the same config, "
             "or choose a new train.name"
