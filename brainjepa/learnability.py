@@ -4,6 +4,8 @@
   task is always in the context when the twin is observed;
 * ``encode_scans``: pooled (or per-ROI) encoder features of whole scans, each z-scored per ROI first
   so that amplitude carries no identity;
+* ``encode_scan_tokens`` + ``token_correlation``: a second-order read-out, the ROI x ROI correlation
+  of each scan's tokens ("FC of the embeddings");
 * ``monitor_summary``: the learning monitors of a run's history, at its start and its end.
 
 ``benchmarks/learnability.py`` runs recipes over seeds with these; the tests assert what its table shows.
@@ -33,7 +35,9 @@ def twin_cohort(
         raise ValueError(f"a twin cohort needs an even ROI count, got {n_rois}")
     base = synthetic_cohort(n_subjects, n_rois // 2, n_frames=n_frames, tr=tr, seed=seed)
     return SyntheticCohort(
-        series=[np.repeat(s, 2, axis=0) for s in base.series], tr=base.tr, network=np.repeat(base.network, 2),
+        series=[np.repeat(s, 2, axis=0) for s in base.series],
+        tr=base.tr,
+        network=np.repeat(base.network, 2),
         phenotypes=base.phenotypes,
     )
 
@@ -71,6 +75,52 @@ def encode_scans(
     return np.stack(features)
 
 
+@torch.no_grad()
+def encode_scan_tokens(
+    encoder: BrainEncoder,
+    scans: Sequence[np.ndarray],
+    trs: Sequence[float],
+    target_tr: float,
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """Per scan, the encoder's tokens as (R, W * P, D): every ROI's tokens over the time patches of its windows.
+
+    Scans are scaled and windowed as in ``encode_scans``; the time axis runs over windows, then patches.
+    """
+    cfg = encoder.cfg
+    device = next(encoder.parameters()).device
+    encoder.eval()
+    out = []
+    for scan, tr in zip(scans, trs):
+        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
+        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        parts = [
+            encoder(chunk.to(device)).float().reshape(len(chunk), cfg.n_rois, cfg.n_time_patches, -1)
+            for chunk in windows.split(batch_size)
+        ]
+        tokens = torch.cat(parts).permute(1, 0, 2, 3)  # (R, W, P, D)
+        out.append(tokens.reshape(cfg.n_rois, -1, tokens.shape[-1]).cpu().numpy())
+    return out
+
+
+def token_correlation(tokens: np.ndarray, over_time: bool = True) -> np.ndarray:
+    """Upper triangle (k=1, row-major) of the ROI x ROI Pearson correlation of one scan's (R, T, D) tokens.
+
+    ``over_time=True`` ("FC of the embeddings"): each ROI's tokens minus their mean over time, flattened
+    to T * D values, correlated between ROIs; ROIs whose tokens co-fluctuate correlate. ``over_time=False``:
+    each ROI's tokens averaged over time (a D-vector) and correlated between ROIs across the D dimensions
+    (how similar the ROIs' mean embeddings are). A constant row correlates 0 with everything.
+    """
+    x = np.asarray(tokens, dtype=np.float64)
+    if x.ndim != 3 or x.shape[0] < 2:
+        raise ValueError(f"tokens must be (n_rois >= 2, T, D), got shape {x.shape}")
+    x = (x - x.mean(axis=1, keepdims=True)).reshape(len(x), -1) if over_time else x.mean(axis=1)
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norm > 0, norm, 1.0)
+    return (x @ x.T)[np.triu_indices(len(x), k=1)]
+
+
 def monitor_summary(history: Sequence[dict[str, float]], tail: int = 3) -> dict[str, float]:
     """Learning monitors at the end of a run (mean of the last ``tail`` monitored steps) and at its start.
 
@@ -81,8 +131,10 @@ def monitor_summary(history: Sequence[dict[str, float]], tail: int = 3) -> dict[
     if not monitored:
         raise ValueError("the history has no monitored step with a position-only floor: lower monitor_every")
     end = monitored[-tail:]
-    out = {k: float(np.mean([h[k] for h in end]))
-           for k in ("loss_over_floor", "context_reliance", "target_rank", "context_rank")}
+    out = {
+        k: float(np.mean([h[k] for h in end]))
+        for k in ("loss_over_floor", "context_reliance", "target_rank", "context_rank")
+    }
     first = next(h for h in history if "target_rank" in h)
     out["target_rank_start"], out["context_rank_start"] = first["target_rank"], first["context_rank"]
     return out

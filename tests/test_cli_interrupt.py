@@ -133,6 +133,8 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
 
     started, stopped = threading.Event(), threading.Event()
     monkeypatch.setattr(cluster, "stop_ray", stopped.set)
+    # as in a fresh `brainjepa` process (an earlier test in this process may have left another handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def training() -> None:
         if threading.current_thread() is threading.main_thread():  # as Ray Train does
@@ -149,6 +151,7 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
         cluster.run_interruptible(training)
     assert stopped.is_set()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, previous)
 
 
 WORKER_OUTPUT_SCRIPT = """

@@ -104,8 +104,9 @@ def test_token_correlation_is_the_fc_of_the_tokens() -> None:
     rows, cols = np.triu_indices(5, k=1)
     centred = (tokens - tokens.mean(axis=1, keepdims=True)).reshape(5, -1)
     np.testing.assert_allclose(token_correlation(tokens), np.corrcoef(centred)[rows, cols], atol=1e-12)
-    np.testing.assert_allclose(token_correlation(tokens, over_time=False),
-                               np.corrcoef(tokens.mean(axis=1))[rows, cols], atol=1e-12)
+    np.testing.assert_allclose(
+        token_correlation(tokens, over_time=False), np.corrcoef(tokens.mean(axis=1))[rows, cols], atol=1e-12
+    )
     # one feature per token: exactly the FC of the series; a constant ROI correlates 0
     series = rng.normal(size=(4, 50))
     series[3] = 2.0
@@ -144,8 +145,9 @@ def test_learning_monitors_on_monitored_steps_only() -> None:
     assert all(math.isfinite(later[k]) for k in LEARNING_MONITORS)
 
 
-@pytest.mark.parametrize(("regularizer", "logged"), [("sigreg", {"sigreg"}), ("vicreg", {"vicreg_variance",
-                                                                                          "vicreg_covariance"})])
+@pytest.mark.parametrize(
+    ("regularizer", "logged"), [("sigreg", {"sigreg"}), ("vicreg", {"vicreg_variance", "vicreg_covariance"})]
+)
 def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None:
     """The weighted regulariser changes the student's update and is logged."""
     cfg = ModelConfig(size="tiny", n_rois=8, frames=16, patch=8, n_gradients=2)
@@ -171,11 +173,26 @@ def test_copy_task_is_learned_with_qk_norm_and_fan_in_init() -> None:
     relies on its context. Stops at the first monitored step past the thresholds (about step 600).
     """
     cohort = twin_cohort(64, 32, n_frames=(128, 192), tr=(1.0, 1.6), seed=0)
-    cfg = load_config(LocalPretrainConfig, None, [
-        "model.size=tiny", "model.n_rois=32", "model.frames=64", "model.patch=8", "model.n_gradients=8",
-        "model.qk_norm=true", "model.init=fan_in", "optim.lr=1e-3", "optim.start_lr=1e-4", "optim.loss=l2",
-        "pretext.target=copy", "steps=1000", "monitor_every=50", "seed=0",
-    ])
+    cfg = load_config(
+        LocalPretrainConfig,
+        None,
+        [
+            "model.size=tiny",
+            "model.n_rois=32",
+            "model.frames=64",
+            "model.patch=8",
+            "model.n_gradients=8",
+            "model.qk_norm=true",
+            "model.init=fan_in",
+            "optim.lr=1e-3",
+            "optim.start_lr=1e-4",
+            "optim.loss=l2",
+            "pretext.target=copy",
+            "steps=1000",
+            "monitor_every=50",
+            "seed=0",
+        ],
+    )
     learned = None
     for _, metrics in local_pretraining(cfg, cohort):
         if metrics.get("loss_over_floor", 1.0) < 0.85 and metrics["context_reliance"] > 0.1:
