@@ -200,18 +200,27 @@ def test_every_command_prints_its_resolved_config(capsys) -> None:
             assert got == value, (argv, key)
 
 
-def test_log_level_is_global_and_also_after_the_command(capsys) -> None:
+def test_log_level_is_global_and_also_after_the_command(capsys, monkeypatch) -> None:
+    """--log-level (before or after the command; --debug: DEBUG) holds while the command runs; when main()
+    returns, brainjepa's loggers are as they were (no handler or level left behind in-process)."""
     import logging
 
     from brainjepa_platform.cli import main as cli
 
-    argv = ["masks", "--rois", "20", "--frames", "40", "--patch", "8", "--samples", "3"]
-    for extra, level in (([], logging.WARNING), (["--log-level", "info"], logging.INFO), (["--debug"], logging.DEBUG)):
-        assert cli.main([*argv, *extra]) == 0
-        assert logging.getLogger("brainjepa_platform").level == level
-    assert cli.main(["--log-level", "ERROR", *argv]) == 0
     logger = logging.getLogger("brainjepa_platform")
-    assert logger.level == logging.ERROR and len([h for h in logger.handlers if h.get_name() == "brainjepa-cli"]) == 1
-    capsys.readouterr()
-    logging.getLogger("brainjepa_platform.train.streaming").error("scans skipped")
-    assert capsys.readouterr().err == "brainjepa masks: ERROR: scans skipped\n"
+    before = (logger.level, list(logger.handlers))
+    seen: list[tuple[int, int]] = []
+
+    def command(args) -> int:
+        seen.append((logger.level, len([h for h in logger.handlers if h.get_name() == "brainjepa-cli"])))
+        logging.getLogger("brainjepa_platform.train.streaming").error("scans skipped")
+        logging.getLogger("brainjepa_platform.train.streaming").info("an info line")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_masks", command)
+    for argv in (["masks"], ["masks", "--log-level", "info"], ["masks", "--debug"], ["--log-level", "ERROR", "masks"]):
+        assert cli.main(argv) == 0
+        assert (logger.level, list(logger.handlers)) == before
+    assert seen == [(logging.WARNING, 1), (logging.INFO, 1), (logging.DEBUG, 1), (logging.ERROR, 1)]
+    err = capsys.readouterr().err
+    assert err.count("brainjepa masks: ERROR: scans skipped\n") == 4 and err.count("an info line") == 2

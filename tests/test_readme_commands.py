@@ -90,14 +90,16 @@ def check_sweep(args: argparse.Namespace) -> None:
 
 def check_model_data(args: argparse.Namespace) -> None:
     """embed / evaluate: the dataset exists, has the target, and the model is the name pretraining registers."""
+    from brainjepa_platform.cli.options import given_flags
     from brainjepa_platform.data.manifest import read_manifest
     from brainjepa_platform.tracking.names import encoder_model_name
 
-    manifest = read_manifest(args.data)
-    if getattr(args, "target", None):
-        assert args.target in manifest.phenotypes, f"no phenotype {args.target} in {args.data}"
-    if args.model:
-        name = re.match(r"models:/([^/@]+)", args.model).group(1)
+    given = {**given_flags(args), **dict(item.split("=", 1) for item in args.overrides)}  # flags, key=value
+    manifest = read_manifest(given["data"])
+    if given.get("target"):
+        assert given["target"] in manifest.phenotypes, f"no phenotype {given['target']} in {given['data']}"
+    if given.get("model"):
+        name = re.match(r"models:/([^/@]+)", given["model"]).group(1)
         assert name == encoder_model_name(manifest.atlas.name, manifest.atlas.n_rois)
 
 

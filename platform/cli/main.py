@@ -344,7 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 2 error (one line on stderr), 3 some inputs quarantined
     (ingest), 130 interrupted, 141 output pipe closed; tracebacks only for bugs (and with --debug)."""
     args = parse_args(build_parser(), argv)
-    configure_logging(args.log_level or ("DEBUG" if args.debug or debug_enabled() else "WARNING"), command_name(args))
+    restore_logging = configure_logging(
+        args.log_level or ("DEBUG" if args.debug or debug_enabled() else "WARNING"), command_name(args)
+    )
+    try:
+        return _run(args)
+    finally:
+        restore_logging()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command of ``args``, its errors turned into exit statuses (see :func:`main`)."""
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # Ray workers and jobs inherit it
     else:  # MLflow's per-artifact progress bars (several per model loaded or registered)

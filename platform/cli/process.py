@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from brainjepa.config import to_dict
@@ -29,19 +30,26 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(level: str, command: str) -> None:
+def configure_logging(level: str, command: str) -> Callable[[], None]:
     """Log lines of brainjepa's own loggers (``brainjepa``, ``brainjepa_platform``) go to stderr from ``level``
-    on, once per command (a second ``main()`` in the same process replaces the handler); other libraries'
-    logging stays as they set it."""
+    on, for one command; other libraries' logging stays as they set it. Returns the function that puts the
+    loggers back as they were (``main`` calls it when the command ends, so a ``main()`` called in-process,
+    e.g. from a notebook or a test, leaves no handler or level behind)."""
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter(f"brainjepa {command}: %(levelname)s: %(message)s"))
     handler.set_name(LOG_HANDLER)
-    for name in ("brainjepa", "brainjepa_platform"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if h.get_name() == LOG_HANDLER]:
-            logger.removeHandler(old)
+    loggers = [logging.getLogger(name) for name in ("brainjepa", "brainjepa_platform")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(level)
+
+    def restore() -> None:
+        for logger, old_level in zip(loggers, previous):
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)
+
+    return restore
 
 
 # What an interrupted command leaves behind (``{name}`` are its arguments); commands that know more
