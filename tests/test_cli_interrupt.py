@@ -5,6 +5,7 @@ chatter, and Ctrl-C ends it with one line and exit status 130."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import select
 import shutil
@@ -151,6 +152,7 @@ def test_ctrl_c_reaches_commands_whose_library_takes_sigint(monkeypatch) -> None
         cluster.run_interruptible(training)
     assert stopped.is_set()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert logging.root.manager.disable == logging.NOTSET  # logging quieted while stopping only
     signal.signal(signal.SIGINT, previous)
 
 

@@ -167,9 +167,13 @@ def run_interruptible(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         while worker.is_alive():
             worker.join(0.5)
     except KeyboardInterrupt:
-        logging.disable(logging.CRITICAL)  # what the run logs from here on is about Ray going away under it
-        stop_ray()
-        worker.join(STOP_WAIT_S)  # let the run's own clean-up (e.g. its lock file) finish
+        previous = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)  # what the run logs while stopping is about Ray going away under it
+        try:
+            stop_ray()
+            worker.join(STOP_WAIT_S)  # let the run's own clean-up (e.g. its lock file) finish
+        finally:
+            logging.disable(previous)  # an in-process caller (a notebook, a test) keeps its logging
         raise
     if "error" in outcome:
         raise outcome["error"]
