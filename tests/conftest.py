@@ -104,3 +104,15 @@ def ray_cluster(s3_endpoint: str) -> Iterator[str]:
             ray.shutdown()
     yield context.address_info["address"]
     ray.shutdown()
+
+
+@pytest.fixture
+def forbid_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any start of Ray fails the test: every module that binds ``init_ray`` at import is patched too (a
+    module first imported under a patch of ``connect.init_ray`` alone would keep the fake for later tests)."""
+    from brainjepa_platform.cluster import connect
+    from brainjepa_platform.data import ingestion
+    from brainjepa_platform.tracking import pretraining
+
+    for module in (connect, ingestion, pretraining):
+        monkeypatch.setattr(module, "init_ray", lambda *a, **k: pytest.fail("Ray started"))

@@ -199,10 +199,9 @@ def test_tracking_store_in_an_unwritable_place_is_refused(tmp_path) -> None:
     assert check_tracking_uri(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # created by MLflow later
 
 
-def test_pretrain_with_unreachable_tracking_server_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
+def test_pretrain_with_unreachable_tracking_server_fails_before_ray(forbid_ray, tmp_path, monkeypatch, capsys) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     code = cli.main(
         ["pretrain", "--config", str(REPO / "configs/pretrain/tiny.yaml"), f"data.dataset={tmp_path / 'data'}"]
     )
@@ -210,10 +209,9 @@ def test_pretrain_with_unreachable_tracking_server_fails_before_ray(tmp_path, mo
     assert uri in one_error_line(capsys.readouterr().err, "pretrain")
 
 
-def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(tmp_path, monkeypatch, capsys) -> None:
+def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(forbid_ray, tmp_path, monkeypatch, capsys) -> None:
     """The gradients sweep (up to 30 gradients) on a 24-ROI dataset: refused at once, not after Ray work."""
     dataset = write_manifest(tmp_path / "cohort", small_manifest(24, atlas="atlas"))
-    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     code = cli.main(
         [
             "sweep",

@@ -280,11 +280,10 @@ def test_default_number_of_gradients_follows_the_atlas() -> None:
             check_params(*bad)
 
 
-def test_dataset_source_is_checked_before_any_ray_work(tmp_path, monkeypatch) -> None:
+def test_dataset_source_is_checked_before_any_ray_work(forbid_ray, tmp_path, monkeypatch) -> None:
     """`brainjepa gradients data/cohort` on 24 ROIs: the default gives 23 gradients with a note; an explicit
     --n-components 30 fails at once, naming the dataset, without starting Ray."""
     dataset = write_manifest(tmp_path / "cohort", small_manifest(24))  # a dataset without shards
-    monkeypatch.setattr("brainjepa_platform.cluster.connect.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     request = GradientsRequest(source=str(dataset), out=str(tmp_path / "g.npz"), params=GradientParams(30))
     with pytest.raises(ValueError, match=r"cohort: n_components=30 must be between 1 and R-1=23"):
         plan_gradients(request)
