@@ -33,7 +33,6 @@ def test_plots_leave_matplotlibs_backend_and_pyplot_alone(tmp_path) -> None:
 
 
 def test_ray_data_progress_bars_are_off_only_inside() -> None:
-    pytest.importorskip("ray.data")
     from ray.data import DataContext
 
     from brainjepa_platform.cluster.connect import no_ray_data_progress_bars
