@@ -107,6 +107,100 @@ def test_bench_step_prints_mfu_fields(run) -> None:
     assert result["mfu"] == pytest.approx(result["achieved_gflops"] / result["matmul_peak_gflops"])
 
 
+SMALL_MASKS = {"rois": 20, "frames": 40, "patch": 8, "min_context": 10}
+"""A tiny grid and one mask key, for ``masks --config``."""
+
+
+def write_yaml(path: Path, data: dict) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_masks_config_file_gives_the_flags_result(run, tmp_path) -> None:
+    config = write_yaml(tmp_path / "masks.yaml", SMALL_MASKS)
+    from_file = run("masks", "--config", config, "--samples", "5", "--json")
+    from_flags = run(
+        "masks", "--rois", "20", "--frames", "40", "--patch", "8", "--samples", "5", "--json", "min_context=10"
+    )
+    assert from_file.returncode == 0, from_file.stderr
+    stats = json.loads(from_file.stdout)
+    assert stats == json.loads(from_flags.stdout)
+    assert stats["config"]["min_context"] == 10
+    assert stats["context_tokens_mean"] + stats["target_tokens_mean"] <= 20 * 5  # the file's 20 x 5 grid
+
+
+def test_masks_flag_beats_the_file_and_key_value_beats_the_flag(run, tmp_path) -> None:
+    config = write_yaml(tmp_path / "masks.yaml", SMALL_MASKS)
+
+    def resolved(*argv: str) -> dict:
+        out = run("masks", "--config", config, "--print-config", *argv)
+        assert out.returncode == 0, out.stderr
+        return yaml.safe_load(out.stdout)
+
+    from_file = resolved()
+    assert {k: from_file[k] for k in SMALL_MASKS} == SMALL_MASKS
+    assert resolved("--frames", "48") == {**from_file, "frames": 48}
+    assert resolved("--frames", "48", "frames=56", "min_context=12") == {**from_file, "frames": 56, "min_context": 12}
+
+
+def test_masks_print_config_shows_the_defaults(run) -> None:
+    from brainjepa.config import to_dict
+    from brainjepa.masks import MaskConfig
+
+    out = run("masks", "--print-config")
+    assert out.returncode == 0, out.stderr
+    grid = {"rois": 450, "frames": 160, "patch": 16, "batch": 16, "samples": 300, "seed": 0}
+    assert yaml.safe_load(out.stdout) == {**to_dict(MaskConfig()), **grid, "json": False, "plot": None}
+
+
+def test_bench_step_print_config_shows_the_defaults(run) -> None:
+    out = run("bench", "step", "--print-config")
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout) == {
+        "model": "small",
+        "rois": 450,
+        "frames": 160,
+        "patch": 16,
+        "gradients": 30,
+        "batch": 2,
+        "steps": 3,
+        "warmup": 1,
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": 0,
+        "seed": 0,
+        "json": False,
+    }
+
+
+def test_bench_step_takes_a_config_file_and_flags(run, tmp_path) -> None:
+    shape = {"model": "tiny", "rois": 8, "frames": 32, "patch": 8, "batch": 2, "steps": 1, "warmup": 0}
+    config = write_yaml(tmp_path / "bench.yaml", shape)
+    out = run("bench", "step", "--config", config, "--batch", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["model"], result["batch"], result["steps"]) == ("tiny", 1, 1)
+    assert result["context_tokens"] + result["target_tokens"] <= 8 * 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["masks", "min_contxt=20"], "brainjepa masks: error: unknown config key(s) ['min_contxt']"),
+        (
+            ["bench", "step", "--model", "tiny", "stepz=1"],
+            "brainjepa bench step: error: unknown config key(s) ['stepz']",
+        ),
+        (["masks", "--rois", "20", "--frames", "41", "--patch", "8"], "frames=41 is not a multiple of patch=8"),
+        (["bench", "step", "dtype=fp16"], "dtype: expected one of ['float32', 'bf16'], got 'fp16'"),
+    ],
+)
+def test_masks_and_bench_step_name_the_bad_option(run, argv: list[str], message: str) -> None:
+    out = run(*argv)
+    assert out.returncode == 2 and not out.stdout
+    assert message in out.stderr
+
+
 @pytest.mark.slow  # 30 steps: enough for the loss to fall
 def test_local_pretraining_trains_and_writes_artifacts(run, tmp_path) -> None:
     out = run("pretrain-local", "--steps", "30", "--out", str(tmp_path / "demo"), "batch_size=8", "subjects=12")
@@ -205,19 +299,20 @@ def test_log_level_is_global_and_also_after_the_command(capsys, monkeypatch) -> 
     returns, brainjepa's loggers are as they were (no handler or level left behind in-process)."""
     import logging
 
+    from brainjepa_platform.cli import library
     from brainjepa_platform.cli import main as cli
 
     logger = logging.getLogger("brainjepa_platform")
     before = (logger.level, list(logger.handlers))
     seen: list[tuple[int, int]] = []
 
-    def command(args) -> int:
+    def command(opts, args) -> int:
         seen.append((logger.level, len([h for h in logger.handlers if h.get_name() == "brainjepa-cli"])))
         logging.getLogger("brainjepa_platform.train.streaming").error("scans skipped")
         logging.getLogger("brainjepa_platform.train.streaming").info("an info line")
         return 0
 
-    monkeypatch.setattr(cli, "cmd_masks", command)
+    monkeypatch.setattr(library, "cmd_masks", command)
     for argv in (["masks"], ["masks", "--log-level", "info"], ["masks", "--debug"], ["--log-level", "ERROR", "masks"]):
         assert cli.main(argv) == 0
         assert (logger.level, list(logger.handlers)) == before

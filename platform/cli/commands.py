@@ -74,6 +74,30 @@ class GradientsCommand(GradientsRequest):
 
 
 @dataclass
+class BenchStepCommand:
+    """``brainjepa bench step``: full pretraining steps of one model size and input shape, timed."""
+
+    model: Literal["tiny", "small", "base", "large"] = "small"
+    rois: int = 450
+    frames: int = 160
+    """Frames per window; a multiple of ``patch``."""
+    patch: int = 16
+    gradients: int = 30
+    """Number of gradient components m."""
+    batch: int = 2
+    steps: int = 3
+    """Timed steps, after ``warmup`` untimed ones."""
+    warmup: int = 1
+    device: str = "cpu"
+    dtype: Literal["float32", "bf16"] = "float32"
+    threads: int = 0
+    """torch CPU threads; 0: torch's default."""
+    seed: int = 0
+    json: bool = False
+    """Print JSON only."""
+
+
+@dataclass
 class ExportOptions:
     """``brainjepa export-checkpoint``."""
 

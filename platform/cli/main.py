@@ -9,11 +9,10 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brainjepa.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from brainjepa.config import save_config
 from brainjepa_platform.cli.options import add_command, base_options, comma_separated, keys_given, shortcut
 from brainjepa_platform.cli.process import (
     LOG_LEVELS,
@@ -31,7 +30,6 @@ from brainjepa_platform.errors import (
     debug_enabled,
     user_error_message,
 )
-from brainjepa_platform.tables import format_fields
 
 if TYPE_CHECKING:
     from brainjepa_platform.cli.commands import GradientsCommand
@@ -42,61 +40,6 @@ EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the tr
 inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
 141 the output pipe was closed (e.g. `| head`)."""
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
-
-
-def cmd_masks(args: argparse.Namespace) -> int:
-    """Draw masks, check their invariants independently and print a summary (and a picture)."""
-    import numpy as np
-
-    from brainjepa.masks import MaskCollator, MaskConfig, mask_statistics
-
-    if args.frames % args.patch:
-        raise ConfigError(f"--frames {args.frames} is not a multiple of --patch {args.patch}")
-    cfg = from_dict(MaskConfig, apply_overrides({}, args.overrides), "masks")
-    p = args.frames // args.patch
-    stats = mask_statistics(cfg, args.rois, p, args.batch, args.samples, seed=args.seed)
-    stats["config"] = to_dict(cfg)
-    if args.plot:
-        from brainjepa_platform.plots import plot_masks
-
-        masks = MaskCollator(cfg, args.rois, p, seed=args.seed).next_masks(args.batch)
-        stats["plot"] = str(plot_masks(masks, args.rois, p, args.plot))
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(f"Masks on a {args.rois} ROI x {p} time-patch grid ({args.samples} samples, seed {args.seed}):")
-        print(format_fields({k: v for k, v in stats.items() if k != "config"}))
-    ok = stats["overlap_tokens"] == 0 and stats["samples_missing_region"] == 0
-    return 0 if ok and np.isfinite(stats["context_tokens_mean"]) else 1
-
-
-def cmd_bench_step(args: argparse.Namespace) -> int:
-    """Time full pretraining steps and report the fraction of the matmul peak reached."""
-    import torch
-
-    from brainjepa.benchmark import benchmark_step
-    from brainjepa.model import ModelConfig
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = ModelConfig(
-        size=args.model, n_rois=args.rois, frames=args.frames, patch=args.patch, n_gradients=args.gradients
-    )
-    result = benchmark_step(
-        cfg,
-        batch=args.batch,
-        steps=args.steps,
-        warmup=args.warmup,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
-    if args.json:
-        print(json.dumps(asdict(result), indent=2))
-    else:
-        print(f"Pretraining step, {args.model} at {args.rois} ROIs x {args.frames} frames:")
-        print(format_fields(asdict(result)))
-    return 0
 
 
 def cmd_demo(opts: DemoOptions, args: argparse.Namespace) -> int:
@@ -197,35 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("masks", help="draw spatiotemporal masks, verify invariants, summarise (and plot)")
-    p.add_argument("--rois", type=int, default=450)
-    p.add_argument("--frames", type=int, default=160)
-    p.add_argument("--patch", type=int, default=16)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--samples", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.add_argument("--plot", metavar="PNG", help="draw a few samples' masks to this file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="mask config overrides, e.g. min_context=20")
-    p.set_defaults(func=cmd_masks)
+    from brainjepa_platform.cli import data, evaluate, library, submit, sweep, train, weights
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
-    p = bench.add_parser("step", help="time full pretraining steps; report samples/s and MFU")
-    p.add_argument("--model", default="small", choices=["tiny", "small", "base", "large"])
-    p.add_argument("--rois", type=int, default=450)
-    p.add_argument("--frames", type=int, default=160)
-    p.add_argument("--patch", type=int, default=16)
-    p.add_argument("--gradients", type=int, default=30, help="number of gradient components m")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bf16"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.set_defaults(func=cmd_bench_step)
-
+    library.register(sub)
     p = add_command(
         sub,
         "demo",
@@ -299,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     shortcut(p, "--cohort", key="cohort", help="cohort description recorded in the artifact")
     shortcut(p, "--plot", key="plot", metavar="PNG", help="gradient 1 vs 2 scatter and scree plot")
     shortcut(p, "--json", key="json", action="store_true", help="print JSON only")
-
-    from brainjepa_platform.cli import data, evaluate, submit, sweep, train, weights
 
     for group in (data, train, evaluate, submit, sweep, weights):
         group.register(sub)
