@@ -35,12 +35,15 @@ typecheck-baseline: $(STAMP)
 	mkdir -p .typecheck && ln -sfn ../platform .typecheck/brainjepa_platform
 	$(BIN)/mypy -p brainjepa -p brainjepa_platform | $(BIN)/mypy-baseline sync
 
+# pytest-xdist: TEST_WORKERS processes (each with its own session Ray cluster and S3 server); 2 on 2 cores
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # day-to-day tier (< 3 min on 2 cores): no Ray, subprocess CLIs, servers or pretraining runs; `make test` runs all
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not integration"
 
 demo: $(STAMP)
 	$(BIN)/brainjepa demo

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brainjepa.config import ConfigError, to_dict
 from brainjepa_platform.cli.options import add_command, base_options, shortcut
@@ -35,7 +35,7 @@ def cmd_masks(opts: MasksCommand, args: argparse.Namespace) -> int:
         raise ConfigError(f"frames={opts.frames} is not a multiple of patch={opts.patch}")
     cfg = base_options(opts, MaskConfig)
     p = opts.frames // opts.patch
-    stats = mask_statistics(cfg, opts.rois, p, opts.batch, opts.samples, seed=opts.seed)
+    stats: dict[str, Any] = dict(mask_statistics(cfg, opts.rois, p, opts.batch, opts.samples, seed=opts.seed))
     stats["config"] = to_dict(cfg)
     if opts.plot:
         from brainjepa_platform.plots import plot_masks
