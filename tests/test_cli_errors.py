@@ -225,3 +225,27 @@ def test_sweep_that_cannot_fit_the_atlas_fails_before_ray(forbid_ray, tmp_path, 
     assert code == EXIT_ERROR
     line = one_error_line(capsys.readouterr().err, "sweep")
     assert "space.model.n_gradients: [30]" in line and "24 ROIs" in line
+
+
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_console_script_keeps_130_once_interrupted(interrupted, monkeypatch) -> None:
+    """A local Ray node turns a SIGTERM into ``sys.exit(1)`` (Ray's reaper may send one to the process group as
+    the cluster stops): after the command has reported Ctrl-C the exit status stays 130; otherwise it is kept."""
+    import signal
+    import threading
+
+    def command_then_ray_exit(argv: list[str] | None = None) -> int:
+        if interrupted:
+            cli.INTERRUPTED.set()  # what _run does when it reports the interruption
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cli, "INTERRUPTED", threading.Event())
+    monkeypatch.setattr(cli, "main", command_then_ray_exit)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.console()
+        assert stop.value.code == (130 if interrupted else 1)
+        assert (signal.getsignal(signal.SIGTERM) == signal.SIG_IGN) == interrupted
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +42,8 @@ EPILOG = """Exit status: 0 done, 2 error (one line on stderr; --debug for the tr
 inputs quarantined (ingest), 130 interrupted by Ctrl-C (the same command resumes where that is possible),
 141 the output pipe was closed (e.g. `| head`)."""
 OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+INTERRUPTED = threading.Event()
+"""Set once a command has been stopped by Ctrl-C and said so (see :func:`console`)."""
 
 
 def cmd_demo(opts: DemoOptions, args: argparse.Namespace) -> int:
@@ -279,6 +283,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return status
     except KeyboardInterrupt:
+        INTERRUPTED.set()
         print(interrupted_message(args), file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
@@ -294,5 +299,21 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
+def console() -> None:
+    """The ``brainjepa`` console script: :func:`main`'s status as the exit status. Once a command has been
+    interrupted, the status stays 130 while the process winds down: a local Ray node ends its process with
+    ``sys.exit(1)`` on SIGTERM, and Ray's process reaper may send one to the whole process group as the cluster
+    stops (seen once under load: the interrupted message, then exit status 1 and no traceback)."""
+    try:
+        status = main()
+    except SystemExit:
+        if not INTERRUPTED.is_set():
+            raise
+        status = EXIT_INTERRUPTED
+    if status == EXIT_INTERRUPTED:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the command is done; what is left is interpreter exit
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
