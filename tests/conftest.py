@@ -88,8 +88,8 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the session's Ray cluster is an integration test, whatever its file marks. (The files keep
-    their order: `make test`'s two xdist workers then run Ray-heavy tests beside light ones; running the
-    integration files first, so both workers ran Ray-heavy tests together, took 705 s instead of 618-677 s.)"""
+    their order: running the integration files first made no measurable difference under `make test`'s xdist
+    workers, 705 s vs 725 s from clean clones, within the spread of one machine's runs.)"""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
