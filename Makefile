@@ -37,13 +37,14 @@ typecheck-baseline: $(STAMP)
 
 # pytest-xdist: TEST_WORKERS processes (each with its own session Ray cluster and S3 server); 2 on 2 cores
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST)
 
 # day-to-day tier (< 3 min on 2 cores): no Ray, subprocess CLIs, servers or pretraining runs; `make test` runs all
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not integration"
+	$(PYTEST) -m "not slow and not integration"
 
 demo: $(STAMP)
 	$(BIN)/brainjepa demo

@@ -12,8 +12,7 @@ from brainjepa.model import ModelConfig
 
 # The suite runs in `make test`'s pytest-xdist workers: one torch thread each on 2 cores (the tiny models
 # here run as fast on one thread as on two, measured on the copy-task test), two in a single process.
-XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // XDIST_WORKERS)))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 @pytest.fixture
@@ -87,9 +86,7 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test on the session's Ray cluster is an integration test, whatever its file marks. (The files keep
-    their order: running the integration files first made no measurable difference under `make test`'s xdist
-    workers, 705 s vs 725 s from clean clones, within the spread of one machine's runs.)"""
+    """Every test on the session's Ray cluster is an integration test, whatever its file marks."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
