@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,10 @@ from brainjepa.model import ModelConfig
 # The suite runs in `make test`'s pytest-xdist workers: one torch thread each on 2 cores (the tiny models
 # here run as fast on one thread as on two, measured on the copy-task test), two in a single process.
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+# Ray Train's preemption watcher (an actor per run polling for cloud spot-node preemption notices) has nothing
+# to watch on the suite's one-node loopback clusters; without it every Ray Train run starts one process fewer
+# (~3 CPU-s each on 2 cores). Set before any cluster or `brainjepa` subprocess starts, so all of them inherit it.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture
@@ -24,6 +30,24 @@ def tiny_cfg() -> ModelConfig:
 def tiny_gradients(tiny_cfg: ModelConfig) -> torch.Tensor:
     rng = np.random.default_rng(0)
     return torch.from_numpy(rng.standard_normal((tiny_cfg.n_rois, 6))).float()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow store with MLflow's schema migrations applied, made once per test process."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_db(tmp_path: Path, mlflow_template: Path) -> str:
+    """URI of a new, empty sqlite MLflow store at ``tmp_path/mlflow.db``: a copy of the migrated template
+    (MLflow takes ~1.5 CPU-s to create and migrate a store; tests of that creation use a path of their own)."""
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
 
 
 # --- real services: an S3 HTTP endpoint (moto server) on loopback and a local Ray cluster ----------

@@ -21,13 +21,13 @@ CHECKPOINT, GRADIENTS = str(DATA / "authors_checkpoint.pt"), str(DATA / "gradien
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch) -> Iterator[str]:
+def registry(mlflow_db, monkeypatch) -> Iterator[str]:
     """A fresh sqlite registry; MLflow's process-wide tracking URI and active experiment (which
     import-checkpoint sets, as a command does) are put back afterwards for the tests that follow."""
     import mlflow
     from mlflow.tracking import fluent
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_db
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
     yield uri

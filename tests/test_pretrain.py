@@ -67,8 +67,8 @@ def metric_steps(tracking: str, run_id: str, key: str) -> list[int]:
 
 
 @ON_RAY
-def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path) -> None:
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, mlflow_db, capsys) -> None:
+    tracking = mlflow_db
     cfg = tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run")
     process_uri = mlflow.get_tracking_uri()
     result = run_pretraining(cfg)
@@ -113,9 +113,13 @@ def test_two_workers_from_s3_checkpoint_register_and_resume(s3_dataset, tmp_path
     write_embeddings(emb, "s3://pretrain-runs/embeddings", {"model": MODEL_NAME})
     assert read_embeddings("s3://pretrain-runs/embeddings")["embedding"].map(len).eq(64).all()
     assert len(emb.scan_ids) == read_manifest(s3_dataset).counts.scans - len(emb.skipped)
-    # the same command again resumes the finished run instead of starting over
+    # the same command again resumes the finished run instead of starting over: no training workers, the final
+    # checkpoint and its report registered again
+    capsys.readouterr()
     again = run_pretraining(tiny_config(s3_dataset, "s3://pretrain-runs/runs", tracking, "s3run"))
-    assert again.run_id == result.run_id and again.steps == 12
+    assert again.run_id == result.run_id and again.steps == 12 and again.metrics == result.metrics
+    assert "s3run finished at step 12" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "current").version) == again.model_version == "2"
     assert metric_steps(tracking, result.run_id, "resumed_from_step") == [12]
     assert metric_steps(tracking, result.run_id, "loss") == list(range(1, 13))  # nothing retrained
     # a torn newest checkpoint (step 12) does not block resuming: the rerun falls back to step 8
@@ -191,8 +195,8 @@ def _kill_a_train_worker_after_first_checkpoint(tracking: str, stop: threading.E
 
 
 @ON_RAY
-def test_killed_worker_resumes_from_last_checkpoint(s3_dataset, tmp_path) -> None:
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+def test_killed_worker_resumes_from_last_checkpoint(s3_dataset, tmp_path, mlflow_db) -> None:
+    tracking = mlflow_db
     cfg = tiny_config(
         s3_dataset, str(tmp_path / "runs"), tracking, "killed", "train.steps=32", "tracking.register=false"
     )
@@ -268,7 +272,7 @@ def _second_checkpoint_upload(seen: list[bytes]):
 
 @ON_RAY
 def test_store_outage_during_checkpoint_keeps_previous_checkpoint(
-    s3_dataset, s3_endpoint, tmp_path, monkeypatch
+    s3_dataset, s3_endpoint, mlflow_db, monkeypatch
 ) -> None:
     """The object store stops answering while the step-8 checkpoint uploads: the run fails with the store's
     error, the step-4 checkpoint is intact and loads, and once the store is back a rerun resumes from it."""
@@ -279,7 +283,7 @@ def test_store_outage_during_checkpoint_keeps_previous_checkpoint(
     upstream = urlparse(s3_endpoint)
     proxy = OutageProxy((upstream.hostname, upstream.port), _second_checkpoint_upload(seen))
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the run store (and its pickled fs) goes via the proxy
-    tracking, store = f"sqlite:///{tmp_path}/mlflow.db", "s3://pretrain-runs/outage"
+    tracking, store = mlflow_db, "s3://pretrain-runs/outage"
     config = ("train.max_failures=0", "tracking.register=false")
     try:
         with pytest.raises(Exception):  # noqa: B017 - whatever Ray Train wraps the storage error in

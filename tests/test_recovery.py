@@ -17,7 +17,13 @@ from brainjepa.benchmark import benchmark_step
 from brainjepa.model import ModelConfig
 from brainjepa_platform.storage import resolve
 from brainjepa_platform.tracking.names import encoder_model_name
-from brainjepa_platform.train.checkpoints import ENGINE_FILE, describe, newest_intact, write_checkpoint_dir
+from brainjepa_platform.train.checkpoints import (
+    ENGINE_FILE,
+    describe,
+    finished_checkpoint,
+    newest_intact,
+    write_checkpoint_dir,
+)
 from brainjepa_platform.train.loop import Progress, format_duration, step_keys
 from brainjepa_platform.train.run_lock import LOCK_FILE, RunLock, RunLockedError
 
@@ -65,6 +71,20 @@ def test_missing_engine_and_no_intact_checkpoint_are_said(tmp_path: Path) -> Non
     assert describe(newest_intact(resolve(tmp_path / "empty")), loc) is None
     intact = _checkpoint(tmp_path / "ok", "c", 2)
     assert describe(newest_intact(resolve(tmp_path / "ok")), loc) == f"resuming from step 2 at {intact}"
+
+
+def test_a_run_is_finished_only_at_an_intact_checkpoint_of_its_last_step(tmp_path: Path) -> None:
+    """What lets a rerun of a finished run skip training: an intact checkpoint at the last step, nothing less."""
+    run_dir = tmp_path / "run"
+    assert finished_checkpoint(resolve(run_dir), 8) is None  # no run yet
+    _checkpoint(run_dir, "checkpoint_a", 4)
+    assert finished_checkpoint(resolve(run_dir), 8) is None  # unfinished: 4 of 8 steps
+    last = _checkpoint(run_dir, "checkpoint_b", 8)
+    finished = finished_checkpoint(resolve(run_dir), 8)
+    assert finished is not None and finished.step == 8 and finished.uri == str(last) and not finished.skipped
+    engine = last / ENGINE_FILE
+    engine.write_bytes(engine.read_bytes()[:100])  # a torn last checkpoint: the run must train steps 5-8 again
+    assert finished_checkpoint(resolve(run_dir), 8) is None
 
 
 # --- item 6: one run per run folder ---------------------------------------------------------------

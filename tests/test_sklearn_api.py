@@ -195,9 +195,9 @@ def test_model_scaling_needs_model_statistics() -> None:
 
 
 @pytest.fixture
-def registered(bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def registered(bundle, mlflow_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The tiny encoder registered in a real sqlite MLflow registry; yields its ``models:/`` URI."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     try:

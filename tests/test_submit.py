@@ -283,7 +283,7 @@ def test_cli_refuses_secret_env_before_contacting_anything() -> None:
 
 @pytest.mark.timeout(420)
 @pytest.mark.integration
-def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monkeypatch, capsys) -> None:
+def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, mlflow_db, monkeypatch, capsys) -> None:
     secret = "xyz-do-not-ship"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)  # a credential in the client's environment
     for name in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
@@ -324,7 +324,7 @@ def test_ingest_and_pretrain_jobs_on_a_real_head(ray_head: Head, tmp_path, monke
     assert "Ingested" in out and (dataset / "manifest.json").is_file()
 
     # pretraining as a job, through the Python API; the MLflow registry gets the encoder
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = mlflow_db
     request = JobRequest(
         "pretrain",
         [

@@ -81,7 +81,7 @@ class InterruptAfterFirstTrial(tune.Callback):
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsys) -> None:
+def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, mlflow_db, capsys) -> None:
     """Random search + ASHA, 2 trials of the tiny model: interrupted after the first trial, then the same
     sweep from the command line restores it, trains only the second trial and finishes the sweep."""
     space = (
@@ -95,7 +95,7 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, capsy
         "scheduler.grace_period=4",
         "model.n_gradients=4",
     ]
-    tracking, out_dir = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "sweeps" / "masks"
+    tracking, out_dir = mlflow_db, tmp_path / "sweeps" / "masks"
     first = run_sweep(load_sweep_config(MASKING, overrides), callbacks=[InterruptAfterFirstTrial(tmp_path / "m")])
     assert not first.completed and not (out_dir / BEST_CONFIG).exists()
     finished = [r for r in first.trials if r.status == "done"]

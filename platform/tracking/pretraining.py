@@ -6,7 +6,8 @@ and, when training is done,
 registers the target encoder as a new version of the registered model under an alias (by default
 ``brainjepa-encoder-<atlas>-<n_rois>``, so only runs on the same atlas move that alias).
 A rerun of the same command with the same ``train.storage_path``/``train.name`` resumes from the
-newest intact checkpoint (Ray Train restores runs by storage path and name); while a run is going, a
+newest intact checkpoint (Ray Train restores runs by storage path and name); a rerun of a finished run
+starts no training workers: it registers the final checkpoint again. While a run is going, a
 lock file in that folder (``run_lock``) refuses a second run on it.
 """
 
@@ -32,7 +33,7 @@ from brainjepa_platform.storage import (
     write_json,
 )
 from brainjepa_platform.tracking.uri import using_tracking_uri
-from brainjepa_platform.train.checkpoints import read_local_checkpoint, run_location
+from brainjepa_platform.train.checkpoints import Selection, finished_checkpoint, read_local_checkpoint, run_location
 from brainjepa_platform.train.config import PretrainConfig
 from brainjepa_platform.train.run_lock import RunLock
 from brainjepa_platform.train.streaming import build_datasets
@@ -132,34 +133,80 @@ def register_encoder(
 
 
 @dataclass
-class PreparedRun:
-    """Everything a run's trainer needs: the streaming datasets, the dataset manifest, the gradient
-    artifact, the MLflow run (created or reused) and the config handed to every worker."""
+class OpenedRun:
+    """A run's dataset manifest, gradient artifact (with the model's columns) and MLflow run id."""
 
-    datasets: dict[str, Any]
     manifest: Manifest
     artifact: GradientArtifact | None
     run_id: str
     gradients: np.ndarray | None
+
+
+@dataclass
+class PreparedRun(OpenedRun):
+    """Everything a run's trainer needs: an opened run, its streaming datasets and the train-loop config."""
+
+    datasets: dict[str, Any]
     loop_config: dict[str, Any]
+
+
+def open_run(cfg: PretrainConfig, tracking_uri: str) -> OpenedRun:
+    """Gradients and the MLflow run of ``cfg`` (resumed, after checking the settings, when its run directory
+    holds one)."""
+    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
+    manifest = read_manifest(cfg.data.dataset)
+    artifact = resolve_gradients(cfg, manifest, run_dir)
+    run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
+    gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
+    return OpenedRun(manifest, artifact, run_id, gradients)
 
 
 def prepare_run(cfg: PretrainConfig, tracking_uri: str) -> PreparedRun:
     """Datasets, gradients and the MLflow run of ``cfg`` (resumed when its run directory exists)."""
-    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
     samples_needed = cfg.train.steps * cfg.train.batch_size * cfg.optim.accumulation_steps * cfg.train.num_workers
-    train_ds, val_ds, manifest = build_datasets(
-        cfg.data.dataset, cfg.model, cfg.data, samples_needed, seed=cfg.train.seed
-    )
-    artifact = resolve_gradients(cfg, manifest, run_dir)
-    run_id = start_or_resume_run(cfg, tracking_uri, run_dir, manifest, artifact)
-    gradients = None if artifact is None else np.asarray(artifact.gradients[:, : cfg.model.n_gradients])
-    loop_config = {"cfg": to_dict(cfg), "gradients": gradients, "run_id": run_id, "tracking_uri": tracking_uri}
-    return PreparedRun({"train": train_ds, "val": val_ds}, manifest, artifact, run_id, gradients, loop_config)
+    train_ds, val_ds, _ = build_datasets(cfg.data.dataset, cfg.model, cfg.data, samples_needed, seed=cfg.train.seed)
+    run = open_run(cfg, tracking_uri)
+    loop_config = {"cfg": to_dict(cfg), "gradients": run.gradients, "run_id": run.run_id, "tracking_uri": tracking_uri}
+    return PreparedRun(**vars(run), datasets={"train": train_ds, "val": val_ds}, loop_config=loop_config)
+
+
+@dataclass
+class TrainedRun:
+    """The outcome of a run's training: its final checkpoint (a Ray Train ``Checkpoint``) and last report."""
+
+    run: OpenedRun
+    checkpoint: Any
+    metrics: dict[str, Any]
+
+
+def train_run(cfg: PretrainConfig, tracking_uri: str) -> TrainedRun:
+    """Train (or resume) the run on Ray Train; its error, if any, is raised."""
+    run = prepare_run(cfg, tracking_uri)
+    result = make_trainer(cfg, run.datasets, run.loop_config).fit()
+    if result.error is not None:
+        raise result.error
+    return TrainedRun(run, result.checkpoint, dict(result.metrics))
+
+
+def reuse_finished_run(cfg: PretrainConfig, tracking_uri: str, finished: Selection) -> TrainedRun:
+    """A rerun of a finished run: no training workers, the final checkpoint and its report as they are (the
+    settings still checked, ``resumed_from_step`` logged as a resumed run logs it)."""
+    import ray.train
+    from mlflow.tracking import MlflowClient
+
+    run = open_run(cfg, tracking_uri)
+    step = int(finished.step or 0)
+    MlflowClient(tracking_uri).log_metric(run.run_id, "resumed_from_step", step, step=step)
+    note = f"{cfg.train.name} finished at step {step} ({finished.uri}): nothing to train"
+    print(f"brainjepa pretrain: {note}", flush=True)
+    where = resolve(finished.uri)
+    metrics = {"step": step, **finished.meta.get("metrics", {})}
+    return TrainedRun(run, ray.train.Checkpoint(where.path, filesystem=where.fs), metrics)
 
 
 def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
-    """Pretrain on ``cfg.data.dataset``; resume when the same run already has checkpoints."""
+    """Pretrain on ``cfg.data.dataset``; resume when the same run already has checkpoints (a finished run is
+    registered again from its final checkpoint without starting training)."""
     from brainjepa_platform.tracking.names import encoder_model_name
     from brainjepa_platform.tracking.store import default_tracking_uri
 
@@ -173,20 +220,20 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     init_ray()
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
     ensure_bucket(resolve(cfg.train.storage_path))
-    with RunLock(run_location(cfg.train.storage_path, cfg.train.name)):
-        run = prepare_run(cfg, tracking_uri)
-        result = make_trainer(cfg, run.datasets, run.loop_config).fit()
-        if result.error is not None:
-            raise result.error
+    run_dir = run_location(cfg.train.storage_path, cfg.train.name)
+    with RunLock(run_dir):
+        finished = finished_checkpoint(run_dir, cfg.train.steps)
+        trained = train_run(cfg, tracking_uri) if finished is None else reuse_finished_run(cfg, tracking_uri, finished)
         version = None
-        if cfg.tracking.register and result.checkpoint is not None:
+        if cfg.tracking.register and trained.checkpoint is not None:
+            run = trained.run
             version = register_encoder(
-                cfg, tracking_uri, run.run_id, result.checkpoint, run.manifest, run.artifact, dict(result.metrics)
+                cfg, tracking_uri, run.run_id, trained.checkpoint, run.manifest, run.artifact, trained.metrics
             )
     return PretrainResult(
-        run_id=run.run_id,
-        steps=int(result.metrics.get("step", 0)),
-        checkpoint=None if result.checkpoint is None else result.checkpoint.path,
+        run_id=trained.run.run_id,
+        steps=int(trained.metrics.get("step", 0)),
+        checkpoint=None if trained.checkpoint is None else trained.checkpoint.path,
         model_version=version,
-        metrics=dict(result.metrics),
+        metrics=trained.metrics,
     )

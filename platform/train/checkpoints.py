@@ -1,14 +1,15 @@
 """Checkpoint directories of a pretraining run: what is in one, how to verify one, and how to find the
 newest intact one in the run's storage.
 
-A checkpoint directory holds ``engine.pt`` (model, optimizer, schedule position) and ``meta.json``
-(step, run id, resolved config and the SHA-256 of ``engine.pt``). Ray Train uploads the directory
-when the worker reports it; the controller registers it a little later. When the object store fails
-in between (or the process dies), Ray Train's own record may still name an older checkpoint, or none,
+A checkpoint directory holds ``engine.pt`` (model, optimizer, schedule position) and ``meta.json`` (step,
+run id, resolved config, the metrics reported with it and the SHA-256 of ``engine.pt``). Ray Train uploads
+the directory when the worker reports it; the controller registers it a little later. When the object store
+fails in between (or the process dies), Ray Train's own record may still name an older checkpoint, or none,
 and the newest directory may hold a torn file. ``newest_intact`` lists the run's checkpoint
 directories newest first and verifies each: a restarted or rerun job resumes from the newest intact
 one (never losing more than one checkpoint interval per torn checkpoint, never loading a torn file),
-and ``describe`` says which were skipped and why.
+and ``describe`` says which were skipped and why. ``finished_checkpoint`` tells the driver that a rerun has
+nothing left to train (its newest intact checkpoint is at the run's last step).
 """
 
 from __future__ import annotations
@@ -82,18 +83,30 @@ def _directory(meta_loc: Location) -> Location:
     return Location(meta_loc.fs, meta_loc.path[:-cut], meta_loc.uri[:-cut])
 
 
-def newest_intact(run_dir: Location) -> Selection:
-    """The newest checkpoint under ``run_dir`` (by step) whose ``engine.pt`` is complete, matches the hash
-    in its ``meta.json`` and loads; the directories tried before it (or unreadable) go in ``skipped``."""
-    selection, candidates = Selection(), []
+Candidate = tuple[int, str, Location, dict[str, Any]]  # step, directory URI, directory, meta
+
+
+def _candidates(run_dir: Location) -> tuple[list[Candidate], list[Skipped]]:
+    """The checkpoint directories under ``run_dir`` with a readable ``meta.json``, newest (by step) first, and
+    those whose meta file is unreadable."""
+    candidates: list[Candidate] = []
+    unreadable = []
     for meta_loc in list_files(run_dir, suffix="/" + META_FILE):
         directory = _directory(meta_loc)
         try:
             meta = json.loads(read_bytes(meta_loc))
             candidates.append((int(meta["step"]), directory.uri, directory, meta))
         except Exception as exc:  # noqa: BLE001 - an unreadable meta file is not a checkpoint
-            selection.skipped.append(Skipped(directory.uri, None, f"{META_FILE} unreadable: {exc}"))
-    for step, _, directory, meta in sorted(candidates, key=lambda c: c[:2], reverse=True):
+            unreadable.append(Skipped(directory.uri, None, f"{META_FILE} unreadable: {exc}"))
+    return sorted(candidates, key=lambda c: c[:2], reverse=True), unreadable
+
+
+def newest_intact(run_dir: Location) -> Selection:
+    """The newest checkpoint under ``run_dir`` (by step) whose ``engine.pt`` is complete, matches the hash
+    in its ``meta.json`` and loads; the directories tried before it (or unreadable) go in ``skipped``."""
+    candidates, unreadable = _candidates(run_dir)
+    selection = Selection(skipped=unreadable)
+    for step, _, directory, meta in candidates:
         engine = directory.child(ENGINE_FILE)
         try:
             selection.state = load_engine_state(read_bytes(engine), meta, engine.uri)
@@ -122,3 +135,15 @@ def describe(selection: Selection, run_dir: Location) -> str | None:
         f"step {s.step if s.step is not None else '?'} at {s.uri} ({s.reason})" for s in selection.skipped
     )
     return f"skipped unusable checkpoint(s): {skipped}; {used}"
+
+
+def finished_checkpoint(run_dir: Location, steps: int) -> Selection | None:
+    """The run's newest intact checkpoint when it is at ``steps`` or beyond (the run is finished), else None.
+
+    Only the small meta files are read unless one of them says ``steps``: a rerun of an unfinished run costs
+    a listing, the checkpoint itself is loaded (and verified) by the training workers as before."""
+    candidates, _ = _candidates(run_dir)
+    if not candidates or candidates[0][0] < steps:
+        return None
+    selection = newest_intact(run_dir)
+    return selection if selection.step is not None and selection.step >= steps else None

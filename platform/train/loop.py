@@ -107,14 +107,15 @@ def validation_loss(engine: PretrainEngine, val: Any, cfg: PretrainConfig) -> fl
 
 
 def save_checkpoint(engine: PretrainEngine, meta: dict[str, Any], metrics: dict[str, float], rank: int) -> None:
-    """Report ``metrics``; rank 0 attaches a checkpoint directory (engine state + metadata)."""
+    """Report ``metrics``; rank 0 attaches a checkpoint directory (engine state + metadata, with the report's
+    metrics: a rerun of a finished run registers its encoder from them without starting training)."""
     import ray.train
 
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="brainjepa-ckpt-") as tmp:
-        write_checkpoint_dir(Path(tmp), engine.state_dict(), meta)
+        write_checkpoint_dir(Path(tmp), engine.state_dict(), {**meta, "metrics": metrics})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
