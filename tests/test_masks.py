@@ -225,3 +225,20 @@ def test_resumed_stream_draws_the_uninterrupted_runs_masks() -> None:
         assert torch.equal(a["context_index"], b["context_index"]) and torch.equal(a["target_index"], b["target_index"])
         assert a["region_sizes"] == b["region_sizes"] and a["series"].shape == (3, 12, 32)
     assert not torch.equal(full[0]["target_index"], full[2]["target_index"])
+
+
+def test_collate_copies_read_only_arrow_views() -> None:
+    """Ray Data hands the collate function read-only numpy views of Arrow memory: the float32 tensor it makes is
+    a writable copy (torch must not wrap a read-only buffer), for Ray Data's class-based collate interface."""
+    import torch
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from brainjepa.model import ModelConfig
+    from brainjepa_platform.train.streaming import MaskingCollate
+
+    collate = MaskingCollate(MaskConfig(), ModelConfig(size="tiny", n_rois=12, frames=32, patch=8), seed=0, stream=0)
+    series = np.arange(2 * 12 * 32, dtype=np.float32).reshape(2, 12, 32)
+    series.flags.writeable = False
+    out = collate({"series": series})["series"]
+    out[0, 0, 0] = -1.0
+    assert series[0, 0, 0] == 0.0 and out.dtype == torch.float32 and isinstance(collate, NumpyBatchCollateFn)

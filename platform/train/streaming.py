@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from brainjepa.masks import MaskCollator, MaskConfig, MaskStream
 from brainjepa.model import ModelConfig
@@ -146,10 +147,11 @@ def build_datasets(
     return splits[0], splits[1], manifest
 
 
-class MaskingCollate:
+class MaskingCollate(NumpyBatchCollateFn):
     """Masked training batches from ``iter_torch_batches``.
 
-    ``__call__`` is the collate function (numpy windows -> float32 tensor); it runs in Ray Data's format
+    ``__call__`` is the collate function (numpy windows -> float32 tensor, copied: Ray Data's arrays may be
+    read-only views of Arrow memory, which torch must not wrap); it runs in Ray Data's format
     threads, which finish out of order, so it draws no masks. ``masked`` attaches them in batch order,
     keyed by each batch's position (``MaskCollator.masks_for``) and drawn ahead in a background thread:
     the masks do not depend on thread timing, and a resumed run draws the same masks at the same step.
@@ -159,7 +161,7 @@ class MaskingCollate:
         self.collator = MaskCollator(masks, model.n_rois, model.n_time_patches, seed=seed, stream=stream)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"series": torch.from_numpy(np.ascontiguousarray(batch["series"], dtype=np.float32))}
+        return {"series": torch.from_numpy(np.array(batch["series"], dtype=np.float32))}
 
     def masked(
         self, batches: Iterable[dict[str, Any]], keys: Iterable[Sequence[int]], batch_size: int, ahead: int = 2
