@@ -160,7 +160,7 @@ class MaskingCollate(NumpyBatchCollateFn):
     def __init__(self, masks: MaskConfig, model: ModelConfig, seed: int, stream: int) -> None:
         self.collator = MaskCollator(masks, model.n_rois, model.n_time_patches, seed=seed, stream=stream)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:  # type: ignore[override]  # Ray: a free TypeVar
         return {"series": torch.from_numpy(np.array(batch["series"], dtype=np.float32))}
 
     def masked(
