@@ -168,28 +168,30 @@ def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None
 def test_copy_task_is_learned_with_qk_norm_and_fan_in_init() -> None:
     """The architecture can route information from its context (docs/learning.md, copy table).
 
-    Twin cohort, tiny model, the benchmark's copy settings (``benchmarks/learnability.py``, seed 0):
-    with QK-normalisation and fan-in init the student gets well below the position-only floor and
-    relies on its context. Stops at the first monitored step past the thresholds (about step 600).
+    Twin cohort, tiny model, seed 0: with QK-normalisation and fan-in init the student gets well below the
+    position-only floor and relies on its context. Half the benchmark's frames (32) at twice its learning
+    rate: 0.63 of the time, and it passes at seeds 0, 1 and 2 (steps 650, 600, 475; the benchmark's
+    settings pass seeds 0 and 2 only), while the authors' recipe stays on the floor (docs/learning.md).
+    Stops at the first monitored step past the thresholds.
     """
-    cohort = twin_cohort(64, 32, n_frames=(128, 192), tr=(1.0, 1.6), seed=0)
+    cohort = twin_cohort(64, 32, n_frames=(64, 96), tr=(1.0, 1.6), seed=0)
     cfg = load_config(
         LocalPretrainConfig,
         None,
         [
             "model.size=tiny",
             "model.n_rois=32",
-            "model.frames=64",
+            "model.frames=32",
             "model.patch=8",
             "model.n_gradients=8",
             "model.qk_norm=true",
             "model.init=fan_in",
-            "optim.lr=1e-3",
-            "optim.start_lr=1e-4",
+            "optim.lr=2e-3",
+            "optim.start_lr=2e-4",
             "optim.loss=l2",
             "pretext.target=copy",
             "steps=1000",
-            "monitor_every=50",
+            "monitor_every=25",
             "seed=0",
         ],
     )
