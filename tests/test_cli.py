@@ -3,12 +3,16 @@ the installed `brainjepa` program."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -319,3 +323,101 @@ def test_log_level_is_global_and_also_after_the_command(capsys, monkeypatch) -> 
     assert seen == [(logging.WARNING, 1), (logging.INFO, 1), (logging.DEBUG, 1), (logging.ERROR, 1)]
     err = capsys.readouterr().err
     assert err.count("brainjepa masks: ERROR: scans skipped\n") == 4 and err.count("an info line") == 2
+
+
+# --- --help shows each flag's default from the options dataclass ---------------------------------------------
+def command_parsers(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every subcommand parser under ``parser`` (``"ingest"``, ``"dataset info"``, ...), depth first."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub
+                yield from command_parsers(sub, f"{prefix}{name} ")
+
+
+def dataclass_default(cls: type, key: str) -> Any:
+    """The default of the dotted ``key`` in the dataclass ``cls`` (None for a required option)."""
+    name, *rest = key.split(".")
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    for part in rest:
+        value = getattr(value, part)
+    return None if value is dataclasses.MISSING else value
+
+
+def shown_defaults(text: str) -> list[str]:
+    return re.findall(r"\(default: (.*?)\)(?:$|\s)", " ".join(text.split()))
+
+
+def flattened(text: str) -> str:
+    """``text`` without whitespace: argparse wraps help lines anywhere (also after a hyphen)."""
+    return "".join(text.split())
+
+
+def test_help_shows_the_options_dataclass_defaults() -> None:
+    """Every "(default: X)" of a flag in any command's --help is the flag's value in the options dataclass (X,
+    read with the flag's own type, equals it), or the flag's words for it; no help names a default otherwise."""
+    from brainjepa_platform.cli.main import build_parser
+    from brainjepa_platform.cli.options import DEFAULT_HELP, SHORTCUT, flag_help, parser_options
+
+    checked = 0
+    for command, parser in command_parsers(build_parser()):
+        flags = [a for a in parser._actions if a.option_strings and a.dest.startswith(SHORTCUT)]
+        cls = parser_options(parser)
+        assert cls is not None or not flags, f"{command}: flags but no options class"
+        page = flattened(parser.format_help())
+        for action in flags:
+            where, value = f"{command} {action.option_strings[0]}", dataclass_default(cls, action.dest[len(SHORTCUT) :])
+            text = flag_help(action, cls) or ""
+            assert flattened(text) in page, where
+            shown = shown_defaults(text)
+            assert len(shown) == text.count("default") <= 1, f"{where}: a default named by hand: {text!r}"
+            words = DEFAULT_HELP.get(action)
+            if words is not None:
+                assert shown and "{" not in shown[0], where
+                if not words.startswith("{default}"):
+                    continue
+                shown = [shown[0].split(",")[0]]
+            if action.nargs == 0 or value in (None, "", ()):
+                assert not shown, f"{where}: shows {shown} for {value!r}"
+                continue
+            assert len(shown) == 1, f"{where}: no (default: {value})"
+            typed = action.type(shown[0]) if callable(action.type) else shown[0]
+            assert typed == value, f"{where}: help says {shown[0]!r}, the dataclass {value!r}"
+            rest = text.replace(f"(default: {shown[0]})", "")
+            assert not re.search(rf"[(;,] ?{re.escape(shown[0])}\)", rest), f"{where}: hand-written default {text!r}"
+            checked += 1
+    assert checked >= 40  # every command with flags took part
+
+
+def test_help_follows_a_changed_dataclass_default(monkeypatch, capsys) -> None:
+    from brainjepa_platform.cli.commands import SynthCommand
+
+    subjects = next(f for f in dataclasses.fields(SynthCommand) if f.name == "subjects")
+    monkeypatch.setattr(subjects, "default", 99)
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert "synthetic subjects (default: 99)" in page and "(default: 16)" not in page
+    assert "--rois ROIS ROIs of the atlas (default: 24)" in page
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.735, "0.735"),
+        (128.0, "128"),
+        (1 / 3, repr(1 / 3)),
+        (("a", "b"), "a,b"),
+        (True, "true"),
+        (0, "0"),
+        (None, ""),
+        ("", ""),
+        ((), ""),
+        (dataclasses.MISSING, ""),
+    ],
+)
+def test_defaults_are_shown_as_typed(value, shown) -> None:
+    from brainjepa_platform.cli.options import format_default
+
+    assert format_default(value) == shown

@@ -105,16 +105,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         positionals=(("source", "BIDS root, folder of NIfTI files or ROI tables (path, file:// or s3://)"),),
     )
     shortcut(p, "--out", key="out", help="dataset URI (path, file:// or s3://)")
-    shortcut(p, "--format", key="format", choices=["auto", "bids", "nifti", "roi-table"], help="default auto")
+    shortcut(p, "--format", key="format", choices=["auto", "bids", "nifti", "roi-table"], help="input form")
     shortcut(p, "--atlas", key="atlas", help="integer label atlas NIfTI (needed for NIfTI inputs)")
     shortcut(p, "--labels", key="labels", help="ROI labels TSV: index and name per row (or one name per line)")
     shortcut(p, "--tr", key="tr", type=float, help="repetition time in seconds (overrides sidecars and headers)")
-    shortcut(p, "--phenotypes", key="phenotypes", help="participants.tsv to join (default: the BIDS root's)")
-    shortcut(p, "--dataset", key="dataset", help="dataset name (default: the source folder's name)")
+    shortcut(p, "--phenotypes", key="phenotypes", help="participants.tsv to join", default_help="the BIDS root's")
+    shortcut(p, "--dataset", key="dataset", help="dataset name", default_help="the source folder's name")
     shortcut(
-        p, "--orientation", key="orientation", choices=["auto", "rois-by-time", "time-by-rois"], help="default auto"
+        p,
+        "--orientation",
+        key="orientation",
+        choices=["auto", "rois-by-time", "time-by-rois"],
+        help="layout of ROI tables",
     )
-    shortcut(p, "--min-frames", key="min_frames", type=int, help="scans shorter than this are quarantined (20)")
+    shortcut(p, "--min-frames", key="min_frames", type=int, help="scans shorter than this are quarantined")
     shortcut(p, "--float16", key="float16", action="store_true", help="store series as float16 (half the size)")
     shortcut(p, "--detrend", key="clean.detrend", action="store_true")
     shortcut(p, "--high-pass", key="clean.high_pass", type=float, help="Hz")
@@ -126,11 +130,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=comma_separated,
         help="comma-separated fMRIPrep confound columns to regress out",
     )
-    shortcut(p, "--shard-mb", key="shard_mb", type=float, help="target shard size (128)")
+    shortcut(p, "--shard-mb", key="shard_mb", type=float, help="target shard size in MB")
     shortcut(
-        p, "--scans-per-shard", key="scans_per_shard", type=int, help="fixed scans per shard (overrides --shard-mb)"
+        p,
+        "--scans-per-shard",
+        key="scans_per_shard",
+        type=int,
+        help="fixed scans per shard instead of --shard-mb; 0: off",
     )
-    shortcut(p, "--workers", key="workers", type=int, help="parallel workers (default: the cluster's CPUs)")
+    shortcut(p, "--workers", key="workers", type=int, help="parallel workers", default_help="the cluster's CPUs")
     shortcut(p, "--quiet", key="quiet", action="store_true", help="no progress bar")
     shortcut(
         p,
@@ -162,10 +170,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a synthetic cohort (BIDS tree of 4-D NIfTI + atlas, or ingested)",
     )
     shortcut(p, "--out", key="out", help="output folder or dataset URI")
-    shortcut(p, "--subjects", key="subjects", type=int, help="default 16")
-    shortcut(p, "--rois", key="rois", type=int, help="default 24")
-    shortcut(p, "--format", key="format", choices=["bids", "parquet"], help="default bids")
-    shortcut(p, "--seed", key="seed", type=int)
+    shortcut(p, "--subjects", key="subjects", type=int, help="synthetic subjects")
+    shortcut(p, "--rois", key="rois", type=int, help="ROIs of the atlas")
+    shortcut(p, "--format", key="format", choices=["bids", "parquet"], help="BIDS tree or ingested dataset")
+    shortcut(p, "--seed", key="seed", type=int, help="random seed")
     shortcut(p, "--quiet", key="quiet", action="store_true")
     shortcut(
         p, "--overwrite", key="overwrite", action="store_true", help="replace an existing output of the same format"

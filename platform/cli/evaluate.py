@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from brainjepa_platform.cli.commands import EmbedOptions
     from brainjepa_platform.evaluate.run import EvaluateConfig
 
-MODEL_HELP = "MLflow model URI (default: models:/brainjepa-encoder-<atlas>-<n_rois>@current of the dataset's atlas)"
+MODEL_DEFAULT = "models:/brainjepa-encoder-<atlas>-<n_rois>@current of the dataset's atlas"
+"""What an empty ``model`` stands for."""
 
 
 def cmd_embed(opts: EmbedOptions, args: argparse.Namespace) -> int:
@@ -76,6 +77,21 @@ def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the encoder and how series are fed to it, shared by ``embed`` and ``evaluate``."""
+    shortcut(p, "--model", key="model", help="MLflow model URI", default_help=MODEL_DEFAULT)
+    shortcut(
+        p,
+        "--scaling",
+        key="scaling",
+        choices=["dataset", "model"],
+        help="robust scaling with the dataset's statistics or the model's pretraining cohort's",
+    )
+    shortcut(
+        p, "--target-tr", key="target_tr", type=float, help="seconds between model frames", default_help="the model's"
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
@@ -84,20 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd_embed,
         help="embed every scan of an ingested dataset with a registered encoder",
     )
-    shortcut(p, "--model", key="model", help=MODEL_HELP)
+    model_flags(p)
     shortcut(p, "--data", key="data", help="ingested dataset URI (path, file:// or s3://)")
     shortcut(p, "--out", key="out", help="output folder URI (embeddings.parquet + embeddings.json)")
     shortcut(p, "--per-roi", key="per_roi", action="store_true", help="also write per-ROI embeddings")
-    shortcut(
-        p,
-        "--scaling",
-        key="scaling",
-        choices=["dataset", "model"],
-        help="robust scaling with the dataset's statistics (default) or the model's pretraining cohort's",
-    )
-    shortcut(p, "--target-tr", key="target_tr", type=float, help="seconds between model frames (default: the model's)")
-    shortcut(p, "--batch-size", key="batch_size", type=int, help="windows per encoder forward pass (32)")
-    shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (one GPU each on a GPU cluster; 1)")
+    shortcut(p, "--batch-size", key="batch_size", type=int, help="windows per encoder forward pass")
+    shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (one GPU each on a GPU cluster)")
 
     p = add_command(
         sub,
@@ -107,14 +115,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="linear probe / fine-tune a registered encoder vs FC and random baselines",
         overrides_help="config overrides, e.g. finetune.epochs=20 finetune.layer_decay=0.65 fractions=[0.7,0.1,0.2]",
     )
-    shortcut(p, "--model", key="model", help=MODEL_HELP)
+    model_flags(p)
     shortcut(p, "--data", key="data", help="ingested dataset URI with the target as a phenotype column")
     shortcut(p, "--target", key="target", help="phenotype column, e.g. age, sex")
-    shortcut(p, "--task", key="task", choices=["auto", "classification", "regression"], help="default: inferred")
-    shortcut(p, "--mode", key="mode", choices=["linear", "finetune"], help="default linear")
-    shortcut(p, "--seeds", key="seeds", type=int, help="repeated subject-level splits (default 5)")
-    shortcut(p, "--split-column", key="split_column", help="phenotype column holding train/val/test per scan")
-    shortcut(p, "--scaling", key="scaling", choices=["dataset", "model"])
-    shortcut(p, "--target-tr", key="target_tr", type=float)
-    shortcut(p, "--workers", key="workers", type=int)
-    shortcut(p, "--out", key="out", help="folder for table.txt, results.json and the plot (default evaluation/)")
+    shortcut(
+        p,
+        "--task",
+        key="task",
+        choices=["auto", "classification", "regression"],
+        help="kind of target",
+        default_help="{default}, inferred from the target column",
+    )
+    shortcut(p, "--mode", key="mode", choices=["linear", "finetune"], help="linear probe or fine-tuning")
+    shortcut(p, "--seeds", key="seeds", type=int, help="repeated subject-level splits")
+    shortcut(
+        p,
+        "--split-column",
+        key="split_column",
+        help="phenotype column holding train/val/test per scan",
+        default_help="random subject-level splits per seed",
+    )
+    shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (and Ray Train workers when fine-tuning)")
+    shortcut(p, "--out", key="out", help="folder for table.txt, results.json and the plot")

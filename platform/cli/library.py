@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from brainjepa_platform.cli.model_commands import MasksCommand
 
 GRID = {
-    "rois": "ROIs (450)",
-    "frames": "frames per window, a multiple of --patch (160)",
-    "patch": "frames per time patch (16)",
+    "rois": "ROIs",
+    "frames": "frames per window, a multiple of --patch",
+    "patch": "frames per time patch",
 }
 """The integer flags of the token grid, shared by both commands: key -> help."""
 
@@ -100,9 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         {
             **GRID,
-            "batch": "samples per drawn batch (16)",
-            "samples": "samples checked and summarised (300)",
-            "seed": "random seed (0)",
+            "batch": "samples per drawn batch",
+            "samples": "samples checked and summarised",
+            "seed": "random seed",
         },
     )
     shortcut(p, "--json", key="json", action="store_true", help="print JSON only")
@@ -112,18 +112,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         bench, "step", "BenchStepCommand", cmd_bench_step, help="time full pretraining steps; report samples/s and MFU"
     )
-    shortcut(p, "--model", key="model", choices=["tiny", "small", "base", "large"], help="model size (small)")
+    shortcut(p, "--model", key="model", choices=["tiny", "small", "base", "large"], help="model size")
     int_flags(
         p,
         {
             **GRID,
-            "gradients": "number of gradient components m (30)",
-            "batch": "samples per step (2)",
-            "steps": "timed steps (3)",
-            "warmup": "untimed steps first (1)",
+            "gradients": "number of gradient components m",
+            "batch": "samples per step",
+            "steps": "timed steps",
+            "warmup": "untimed steps first",
         },
     )
-    shortcut(p, "--device", key="device", help="torch device (cpu)")
-    shortcut(p, "--dtype", key="dtype", choices=["float32", "bf16"], help="float32 (default) or bf16 autocast")
-    int_flags(p, {"threads": "torch CPU threads (0: torch's default)", "seed": "random seed (0)"})
+    shortcut(p, "--device", key="device", help="torch device")
+    shortcut(p, "--dtype", key="dtype", choices=["float32", "bf16"], help="float32 or bf16 autocast")
+    int_flags(p, {"threads": "torch CPU threads; 0: torch's own number", "seed": "random seed"})
     shortcut(p, "--json", key="json", action="store_true", help="print JSON only")

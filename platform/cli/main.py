@@ -155,18 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole pipeline end to end: synth -> ingest -> gradients -> pretrain -> register -> "
         "evaluate, with pictures",
     )
-    shortcut(p, "--subjects", key="subjects", type=int, help="synthetic subjects (some have 2 sessions or runs; 40)")
-    shortcut(p, "--minutes", key="minutes", type=float, help="approximate pretraining budget (4)")
-    shortcut(p, "--workers", key="workers", type=int, help="Ray Train workers (2)")
+    shortcut(p, "--subjects", key="subjects", type=int, help="synthetic subjects (some have 2 sessions or runs)")
+    shortcut(p, "--minutes", key="minutes", type=float, help="approximate pretraining budget")
+    shortcut(p, "--workers", key="workers", type=int, help="Ray Train workers")
     shortcut(
         p,
         "--targets",
         key="targets",
         type=comma_separated,
-        help="phenotypes to evaluate, comma-separated (coupling,age)",
+        help="phenotypes to evaluate, comma-separated",
     )
-    shortcut(p, "--seeds", key="seeds", type=int, help="repeated subject-level splits per evaluation (3)")
-    shortcut(p, "--out", key="out", help="folder for everything the demo makes (demo-output)")
+    shortcut(p, "--seeds", key="seeds", type=int, help="repeated subject-level splits per evaluation")
+    shortcut(p, "--out", key="out", help="folder for everything the demo makes")
 
     p = add_command(
         sub,
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         overrides_help="config overrides, e.g. model.size=tiny",
     )
     shortcut(p, "--steps", key="steps", type=int, help="optimizer steps")
-    shortcut(p, "--out", key="out", help="folder for the config, checkpoint and pictures (local-output)")
+    shortcut(p, "--out", key="out", help="folder for the config, checkpoint and pictures")
 
     p = add_command(
         sub,
@@ -199,19 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-components",
         key="params.n_components",
         type=int,
-        help="number of gradients (default: 30, or R-1 for an atlas of R <= 30 ROIs)",
+        help="number of gradients",
+        default_help="{default}, or R-1 for an atlas of R <= {default} ROIs",
     )
-    shortcut(
-        p, "--kernel", key="params.kernel", choices=["normalized_angle", "cosine"], help="default normalized_angle"
-    )
+    shortcut(p, "--kernel", key="params.kernel", choices=["normalized_angle", "cosine"], help="affinity kernel")
     shortcut(
         p,
         "--sparsity",
         key="params.sparsity",
         type=float,
-        help="fraction of each FC row zeroed before the kernel (0.9)",
+        help="fraction of each FC row zeroed before the kernel",
     )
-    shortcut(p, "--alpha", key="params.alpha", type=float, help="anisotropic diffusion parameter (0.5)")
+    shortcut(p, "--alpha", key="params.alpha", type=float, help="anisotropic diffusion parameter")
     shortcut(
         p, "--labels", key="labels", metavar="LABELS_FILE", help="ROI labels, one per line (or a Schaefer lookup table)"
     )

@@ -66,26 +66,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--labels",
         key="labels",
-        help="ROI labels in the model's order (default: the authors' order, "
-        "50 Tian-S3 subcortical ROIs then Schaefer-400, for 450 ROIs)",
+        help="ROI labels in the model's order",
+        default_help="the authors' order, 50 Tian-S3 subcortical ROIs then Schaefer-400, for 450 ROIs",
     )
     shortcut(
         p,
         "--stats",
         key="stats",
-        help=".npz with per-ROI 'median' and 'iqr' of the pretraining cohort "
-        "(default: none; embed then needs --scaling dataset)",
+        help=".npz with per-ROI 'median' and 'iqr' of the pretraining cohort",
+        default_help="none; embed then needs --scaling dataset",
     )
-    shortcut(p, "--tr", key="tr", type=float, help="seconds between the model's frames (default UKB 0.735)")
-    shortcut(p, "--name", key="name", help="registered model name (brainjepa-encoder-imported)")
-    shortcut(p, "--which", key="which", choices=["target", "context"], help="which encoder to register (target)")
-    shortcut(p, "--heads", key="heads", type=int, help="attention heads (default: the ViT preset of the width)")
+    shortcut(
+        p, "--tr", key="tr", type=float, help="seconds between the model's frames", default_help="{default}, UKB's"
+    )
+    shortcut(p, "--name", key="name", help="registered model name")
+    shortcut(p, "--which", key="which", choices=["target", "context"], help="which encoder to register")
+    shortcut(p, "--heads", key="heads", type=int, help="attention heads", default_help="the ViT preset of the width")
     shortcut(p, "--atlas", key="atlas", help="atlas name recorded with the model")
     shortcut(
         p,
         "--tracking-uri",
         key="tracking_uri",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)",
+        help="MLflow tracking URI",
+        default_help="MLFLOW_TRACKING_URI or ./mlflow.db",
     )
 
     p = add_command(
