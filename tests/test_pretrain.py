@@ -36,8 +36,11 @@ MODEL_NAME = "brainjepa-encoder-atlas-24"  # the synthetic cohort's atlas ("atla
 
 @pytest.fixture(scope="module")
 def s3_dataset(s3_endpoint) -> str:
+    """A seeded cohort on the process's S3 server, written once: pytest-xdist's worksteal may set this module
+    fixture up again on the same worker when it interleaves modules, and finds the same cohort there."""
     uri = "s3://pretrain-data/cohort"
-    write_parquet(uri, SynthOptions(subjects=10, rois=24, frames=(100, 140), seed=3))
+    if not exists(resolve(uri).child("manifest.json")):
+        write_parquet(uri, SynthOptions(subjects=10, rois=24, frames=(100, 140), seed=3))
     return uri
 
 
