@@ -104,8 +104,12 @@ def _candidates(run_dir: Location) -> tuple[list[Candidate], list[Skipped]]:
 def newest_intact(run_dir: Location) -> Selection:
     """The newest checkpoint under ``run_dir`` (by step) whose ``engine.pt`` is complete, matches the hash
     in its ``meta.json`` and loads; the directories tried before it (or unreadable) go in ``skipped``."""
-    candidates, unreadable = _candidates(run_dir)
-    selection = Selection(skipped=unreadable)
+    return _first_intact(*_candidates(run_dir))
+
+
+def _first_intact(candidates: list[Candidate], unreadable: list[Skipped]) -> Selection:
+    """The first of ``candidates`` (newest first) whose engine file verifies and loads."""
+    selection = Selection(skipped=list(unreadable))
     for step, _, directory, meta in candidates:
         engine = directory.child(ENGINE_FILE)
         try:
@@ -142,8 +146,8 @@ def finished_checkpoint(run_dir: Location, steps: int) -> Selection | None:
 
     Only the small meta files are read unless one of them says ``steps``: a rerun of an unfinished run costs
     a listing, the checkpoint itself is loaded (and verified) by the training workers as before."""
-    candidates, _ = _candidates(run_dir)
+    candidates, unreadable = _candidates(run_dir)
     if not candidates or candidates[0][0] < steps:
         return None
-    selection = newest_intact(run_dir)
+    selection = _first_intact(candidates, unreadable)
     return selection if selection.step is not None and selection.step >= steps else None
