@@ -182,7 +182,8 @@ class PretrainEngine:
             with torch.no_grad():
                 per_token = (prediction.float() - targets.float()).abs().mean(dim=(0, 2))
                 for name, part in zip(REGIONS, torch.split(per_token, [int(s) for s in sizes])):
-                    out[f"l1_{name}"] = part.mean().item()
+                    if part.numel():  # an empty region (in-block when off) has no loss, not a NaN
+                        out[f"l1_{name}"] = part.mean().item()
         if monitor:
             out.update(
                 self._learning_monitors(

@@ -68,10 +68,8 @@ class ScanSampler:
                 for i in picks
             ]
             masks = self.collator.next_masks(self.batch_size)
-            batch = masks.to_torch()
-            batch["series"] = torch.from_numpy(np.stack(windows))
-            batch["region_sizes"] = masks.region_sizes
-            yield batch
+            series = torch.from_numpy(np.stack(windows))
+            yield {**masks.to_torch(), "series": series, "region_sizes": masks.region_sizes}
 
 
 def cohort_gradients(scans: list[np.ndarray], n_components: int) -> torch.Tensor:

@@ -8,6 +8,10 @@ disjoint from it, are predicted:
 * cross-time (beta): observed ROIs at time patches outside the observation window;
 * double-cross (gamma): unobserved ROIs at time patches outside the observation window.
 
+Optionally (``in_block_scale``, off by default) a fourth region, in-block, takes scattered tokens of the
+observation block itself out of the context: each keeps its ROI observed at other times and its time
+observed in other ROIs, so predicting it can use the subject's own ROI-to-ROI relations seen in context.
+
 Named ratio sets (``MASK_PRESETS``: ``paper``, the defaults, and ``authors``, the authors' code's
 effective geometry) are selected with ``masks.preset=<name>``.
 
@@ -30,7 +34,9 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-REGIONS = ("cross_roi", "cross_time", "double_cross")
+REGIONS = ("cross_roi", "cross_time", "double_cross", "in_block")
+"""Target regions, in the order of ``MaskBatch.target``; the first three are always non-empty."""
+CLASSIC_REGIONS = REGIONS[:3]
 
 MASK_PRESETS: dict[str, dict[str, Any]] = {
     # "paper" (the paper's ranges, i.e. the MaskConfig field defaults: docs/method.md) is added below the class.
@@ -73,6 +79,8 @@ class MaskConfig:
     """Fraction of observed ROIs in the cross-time target."""
     double_cross_roi_scale: tuple[float, float] = (0.15, 0.3)
     """Fraction of unobserved ROIs in the double-cross target."""
+    in_block_scale: tuple[float, float] = (0.0, 0.0)
+    """Fraction of the observation block's tokens moved from the context to the in-block target; (0, 0): none."""
     min_context: int = 4
     """Minimum number of context tokens per sample."""
     preset: str = ""
@@ -101,7 +109,10 @@ class MaskConfig:
                     setattr(self, name, value)
         for name in RATIO_FIELDS:
             lo, hi = getattr(self, name)
-            if not 0.0 < lo <= hi <= 1.0:
+            if name == "in_block_scale":
+                if not 0.0 <= lo <= hi < 1.0:
+                    raise ValueError(f"masks.{name}={(lo, hi)}: expected 0 <= low <= high < 1")
+            elif not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"masks.{name}={(lo, hi)}: expected 0 < low <= high <= 1")
         if self.min_context < 1:
             raise ValueError(f"masks.min_context={self.min_context}: expected >= 1")
@@ -116,13 +127,14 @@ MASK_PRESETS["paper"] = {f.name: f.default for f in fields(MaskConfig) if f.name
 class MaskBatch:
     """Token indices for a batch: ``context`` (B, Nc) and ``target`` (B, Nt), both int64.
 
-    ``target`` holds the cross-ROI, cross-time and double-cross tokens in that order;
-    ``region_sizes`` gives how many of each (the same for every sample of the batch).
+    ``target`` holds the cross-ROI, cross-time, double-cross and in-block tokens in that order (the
+    :data:`REGIONS` order); ``region_sizes`` gives how many of each (the same for every sample of the
+    batch; the in-block size is 0 when ``in_block_scale`` is off).
     """
 
     context: np.ndarray
     target: np.ndarray
-    region_sizes: tuple[int, int, int]
+    region_sizes: tuple[int, int, int, int]
 
     def to_torch(self) -> dict[str, torch.Tensor]:
         return {"context_index": torch.from_numpy(self.context), "target_index": torch.from_numpy(self.target)}
@@ -179,6 +191,19 @@ class SpatiotemporalMaskSampler:
         n_double_cross = int(np.clip(round(n_unobserved * frac(cfg.double_cross_roi_scale)), 1, n_unobserved))
         return _BatchSizes(n_cross_roi, n_observed, observed_t, cross_roi_t, n_cross_time, n_double_cross)
 
+    def _in_block_count(self, s: _BatchSizes, rng: np.random.Generator) -> int:
+        """Tokens of the observation block moved to the in-block target; draws nothing when off.
+
+        Capped so that the context keeps ``min_context`` tokens and one token in every observed ROI and
+        every window patch (see :func:`_split_block`).
+        """
+        lo, hi = self.cfg.in_block_scale
+        if hi <= 0.0:
+            return 0  # no draw: the masks (and the RNG stream) are those of a sampler without in-block targets
+        n_block = s.n_observed * s.observed_t
+        cap = n_block - max(s.n_observed, s.observed_t, self.cfg.min_context)
+        return int(np.clip(round(n_block * float(rng.uniform(lo, hi))), 0, max(cap, 0)))
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> MaskBatch:
         """Draw one batch of masks."""
         s = self._draw_sizes(rng)
@@ -201,15 +226,42 @@ class SpatiotemporalMaskSampler:
         cross_roi = _tokens(cross_rois, cross_window, p)
         cross_time = _tokens(observed[:, : s.n_cross_time], outside, p)  # observed order is random
         double_cross = _tokens(unobserved[:, : s.n_double_cross], outside, p)
-        target = np.concatenate([cross_roi, cross_time, double_cross], axis=1)
-        sizes = (cross_roi.shape[1], cross_time.shape[1], double_cross.shape[1])
-        return MaskBatch(context=context, target=target, region_sizes=sizes)
+        # in-block draws come last: the three classic regions are the same with or without them
+        n_in_block = self._in_block_count(s, rng)
+        in_block = np.empty((b, 0), dtype=np.int64)
+        if n_in_block:
+            context, in_block = _split_block(observed, window, p, n_in_block, rng)
+        parts = (cross_roi, cross_time, double_cross, in_block)
+        sizes = (cross_roi.shape[1], cross_time.shape[1], double_cross.shape[1], in_block.shape[1])
+        return MaskBatch(context=context, target=np.concatenate(parts, axis=1), region_sizes=sizes)
 
 
 def _tokens(rois: np.ndarray, times: np.ndarray, n_time_patches: int) -> np.ndarray:
     """Sorted token indices of the (ROIs x times) rectangle of each sample: (B, |rois| * |times|)."""
     idx = rois[:, :, None] * n_time_patches + times[:, None, :]
     return np.sort(idx.reshape(idx.shape[0], -1), axis=1).astype(np.int64)
+
+
+def _split_block(
+    rois: np.ndarray, times: np.ndarray, n_time_patches: int, n_out: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split each sample's (ROIs x times) block into (kept, taken out) sorted tokens, ``n_out`` taken out.
+
+    ``max(|rois|, |times|)`` kept cells, one per row and per column in random pairs, are never taken out,
+    so every ROI and every time patch of the block stays in the kept part; the other cells are taken
+    out uniformly at random. Needs ``n_out <= |rois| * |times| - max(|rois|, |times|)``.
+    """
+    b, n_rows, n_cols = rois.shape[0], rois.shape[1], times.shape[1]
+    cells = (rois[:, :, None] * n_time_patches + times[:, None, :]).reshape(b, n_rows * n_cols).astype(np.int64)
+    i = np.arange(max(n_rows, n_cols))
+    rows = rng.permuted(np.tile(np.arange(n_rows), (b, 1)), axis=1)[:, i % n_rows]
+    cols = rng.permuted(np.tile(np.arange(n_cols), (b, 1)), axis=1)[:, i % n_cols]
+    priority = rng.random((b, n_rows * n_cols))
+    np.put_along_axis(priority, rows * n_cols + cols, 2.0, axis=1)  # above any draw: never taken out
+    order = np.argsort(priority, axis=1)
+    taken = np.take_along_axis(cells, order[:, :n_out], axis=1)
+    kept = np.take_along_axis(cells, order[:, n_out:], axis=1)
+    return np.sort(kept, axis=1), np.sort(taken, axis=1)
 
 
 class MaskCollator:
@@ -288,8 +340,9 @@ class MaskStream:
 def classify_targets(context: np.ndarray, target: np.ndarray, n_time_patches: int) -> np.ndarray:
     """Region of each target token, derived from the context alone.
 
-    Returns (B, Nt) codes: 0 cross-ROI, 1 cross-time, 2 double-cross, -1 if the token lies in the
-    observation block itself (an overlap, which must never happen).
+    Returns (B, Nt) codes, the :data:`REGIONS` index: 0 cross-ROI, 1 cross-time, 2 double-cross,
+    3 in-block (an observed ROI at a window patch, not in the context); -1 if the token is in the
+    context itself (an overlap, which must never happen).
     """
     codes = np.empty(target.shape, dtype=np.int64)
     for i in range(context.shape[0]):
@@ -297,8 +350,9 @@ def classify_targets(context: np.ndarray, target: np.ndarray, n_time_patches: in
         window = np.unique(context[i] % n_time_patches)
         roi_seen = np.isin(target[i] // n_time_patches, observed_rois)
         time_seen = np.isin(target[i] % n_time_patches, window)
+        in_context = np.isin(target[i], context[i])
         codes[i] = np.select(
-            [~roi_seen & time_seen, roi_seen & ~time_seen, ~roi_seen & ~time_seen], [0, 1, 2], default=-1
+            [in_context, ~roi_seen & time_seen, roi_seen & ~time_seen, ~roi_seen & ~time_seen], [-1, 0, 1, 2], default=3
         )
     return codes
 
@@ -306,7 +360,11 @@ def classify_targets(context: np.ndarray, target: np.ndarray, n_time_patches: in
 def mask_statistics(
     cfg: MaskConfig, n_rois: int, n_time_patches: int, batch_size: int, n_samples: int, seed: int = 0
 ) -> dict[str, float | int]:
-    """Check the masks of ``n_samples`` samples independently of the sampler and summarise them."""
+    """Check the masks of ``n_samples`` samples independently of the sampler and summarise them.
+
+    ``samples_missing_region`` counts samples lacking one of the three classic regions (the in-block
+    region is optional); ``<region>_tokens_mean`` is reported for every region of :data:`REGIONS`.
+    """
     collator = MaskCollator(cfg, n_rois, n_time_patches, seed=seed)
     ctx_counts, tgt_counts, region_counts = [], [], []
     overlap = missing = last_patch_seen = duplicate = 0
@@ -319,8 +377,8 @@ def mask_statistics(
             ctx, tgt = masks.context[i], masks.target[i]
             overlap += int(np.intersect1d(ctx, tgt).size)
             duplicate += int(tgt.size - np.unique(tgt).size)
-            per_region = [int((codes[i] == k).sum()) for k in range(3)]
-            missing += int(min(per_region) == 0)
+            per_region = [int((codes[i] == k).sum()) for k in range(len(REGIONS))]
+            missing += int(min(per_region[: len(CLASSIC_REGIONS)]) == 0)  # in-block may be off
             last_patch_seen += int(np.any(ctx % n_time_patches == n_time_patches - 1))
             ctx_counts.append(ctx.size)
             tgt_counts.append(tgt.size)

@@ -17,8 +17,15 @@ from matplotlib.patches import Patch
 
 from brainjepa.masks import MaskBatch
 
-MASK_COLOURS = ["#f2f2f2", "#4c72b0", "#dd8452", "#55a868", "#c44e52"]
-MASK_LABELS = ["not used", "context (observation)", "cross-ROI target", "cross-time target", "double-cross target"]
+MASK_COLOURS = ["#f2f2f2", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+MASK_LABELS = [
+    "not used",
+    "context (observation)",
+    "cross-ROI target",
+    "cross-time target",
+    "double-cross target",
+    "in-block target",
+]
 
 
 def _figure(**kwargs: object) -> Figure:
@@ -35,7 +42,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def mask_grid(masks: MaskBatch, sample: int, n_rois: int, n_time_patches: int) -> np.ndarray:
-    """(R, P) codes: 0 unused, 1 context, 2 cross-ROI, 3 cross-time, 4 double-cross."""
+    """(R, P) codes: 0 unused, 1 context, 2 cross-ROI, 3 cross-time, 4 double-cross, 5 in-block."""
     grid = np.zeros(n_rois * n_time_patches, dtype=np.int64)
     grid[masks.context[sample]] = 1
     start = 0
@@ -56,7 +63,7 @@ def plot_masks(masks: MaskBatch, n_rois: int, n_time_patches: int, path: str | P
             mask_grid(masks, i, n_rois, n_time_patches),
             cmap=cmap,
             vmin=0,
-            vmax=4,
+            vmax=len(MASK_COLOURS) - 1,
             aspect="auto",
             interpolation="nearest",
         )

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from brainjepa.config import load_config, save_config
-from brainjepa.local import LocalPretrainConfig
+from brainjepa.local import LocalPretrainConfig, local_pretraining
 from brainjepa.masks import (
     MASK_PRESETS,
+    REGIONS,
+    MaskBatch,
     MaskCollator,
     MaskConfig,
     SpatiotemporalMaskSampler,
@@ -36,8 +40,9 @@ def test_invariants_over_seeds(n_rois: int, n_patches: int, preset: str) -> None
         assert sum(masks.region_sizes) == tgt.shape[1]
         codes = classify_targets(ctx, tgt, n_patches)
         start = 0
+        assert masks.region_sizes[3] == 0, "in-block targets are off by default"
         for region, size in enumerate(masks.region_sizes):
-            assert size > 0, "every target region must be non-empty"
+            assert size > 0 or region == 3, "every classic target region must be non-empty"
             # the region each token was generated for is the region its position implies
             assert np.all(codes[:, start : start + size] == region)
             start += size
@@ -242,3 +247,121 @@ def test_collate_copies_read_only_arrow_views() -> None:
     out = collate({"series": series})["series"]
     out[0, 0, 0] = -1.0
     assert series[0, 0, 0] == 0.0 and out.dtype == torch.float32 and isinstance(collate, NumpyBatchCollateFn)
+
+
+# -- in-block targets (masks.in_block_scale) ------------------------------------------------------------
+
+IN_BLOCK = (0.2, 0.3)
+DEFAULT_MASKS = Path(__file__).parent / "data" / "masks" / "default_masks.json"
+
+
+def _regions(masks: MaskBatch) -> list[np.ndarray]:
+    """The target split into its regions, in REGIONS order."""
+    return np.split(masks.target, np.cumsum(masks.region_sizes)[:-1], axis=1)
+
+
+def test_default_masks_are_those_drawn_before_in_block_targets() -> None:
+    """Off by default, bit for bit: the recorded pre-in-block masks come back, also with (0, 0) given explicitly."""
+    cases = json.loads(DEFAULT_MASKS.read_text())["cases"]
+    for case in cases:
+        grid = (case["n_rois"], case["n_time_patches"])
+        for cfg in (MaskConfig(preset=case["preset"]), MaskConfig(preset=case["preset"], in_block_scale=(0.0, 0.0))):
+            masks = MaskCollator(cfg, *grid, seed=case["seed"], stream=case["stream"]).masks_for(
+                case["key"], case["batch_size"]
+            )
+            assert np.array_equal(masks.context, case["context"])
+            assert np.array_equal(masks.target, case["target"])
+            assert masks.region_sizes == (*case["region_sizes"], 0)
+
+
+@pytest.mark.parametrize(("n_rois", "n_patches"), [(450, 10), (23, 6), (40, 3), (7, 2)])
+def test_in_block_targets_are_taken_from_the_observation_block(n_rois: int, n_patches: int) -> None:
+    off = SpatiotemporalMaskSampler(MaskConfig(min_context=1), n_rois, n_patches)
+    on = SpatiotemporalMaskSampler(MaskConfig(min_context=1, in_block_scale=IN_BLOCK), n_rois, n_patches)
+    drawn = 0
+    for seed in range(15):
+        plain, masks = off.sample(4, np.random.default_rng(seed)), on.sample(4, np.random.default_rng(seed))
+        *classic, in_block = _regions(masks)
+        for got, want in zip(classic, _regions(plain)[:3]):  # in-block draws come last: the rest is unchanged
+            assert np.array_equal(got, want)
+        k = masks.region_sizes[3]
+        drawn += k
+        assert masks.context.shape[1] == plain.context.shape[1] - k
+        codes = classify_targets(masks.context, masks.target, n_patches)
+        assert np.all(codes[:, masks.target.shape[1] - k :] == 3) and np.all(codes[:, : masks.target.shape[1] - k] < 3)
+        for i in range(4):
+            block = plain.context[i]  # the whole observation block: observed ROIs x window
+            assert np.all(np.isin(in_block[i], block)) and np.array_equal(
+                np.union1d(masks.context[i], in_block[i]), block
+            )
+            assert np.unique(masks.target[i]).size == masks.target.shape[1]
+            assert np.intersect1d(masks.context[i], masks.target[i]).size == 0
+            # every observed ROI and window patch keeps a context token
+            assert np.array_equal(np.unique(masks.context[i] // n_patches), np.unique(block // n_patches))
+            assert np.array_equal(np.unique(masks.context[i] % n_patches), np.unique(block % n_patches))
+        n_block = plain.context.shape[1]
+        rows, cols = np.unique(plain.context[0] // n_patches).size, np.unique(plain.context[0] % n_patches).size
+        cap = max(n_block - max(rows, cols, 1), 0)
+        assert k <= cap
+        assert k == cap or IN_BLOCK[0] * n_block - 0.5 <= k <= IN_BLOCK[1] * n_block + 0.5
+    # with 2 patches the window is 1 patch wide: a token taken out would leave its ROI unobserved
+    assert (drawn > 0) == (n_patches > 2)
+
+
+def test_in_block_keeps_min_context_on_a_tiny_grid() -> None:
+    for min_context, grid in ((1, (4, 3)), (4, (6, 4)), (20, (10, 6))):
+        cfg = MaskConfig(min_context=min_context, in_block_scale=(0.9, 0.95))
+        sampler = SpatiotemporalMaskSampler(cfg, *grid)
+        taken = 0
+        for seed in range(20):
+            masks = sampler.sample(3, np.random.default_rng(seed))
+            taken += masks.region_sizes[3]
+            assert masks.context.shape[1] >= min_context
+            assert np.all(classify_targets(masks.context, masks.target, grid[1]) >= 0)
+        assert taken > 0, grid
+
+
+@pytest.mark.parametrize("scale", [(-0.1, 0.2), (0.3, 0.2), (0.5, 1.0)])
+def test_in_block_scale_is_checked(scale: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match=r"masks\.in_block_scale=.*expected 0 <= low <= high < 1"):
+        MaskConfig(in_block_scale=scale)
+
+
+def test_in_block_scale_from_overrides_and_presets() -> None:
+    cfg = load_config(LocalPretrainConfig, None, ["masks.preset=authors", "masks.in_block_scale=[0.2,0.3]"])
+    assert (
+        cfg.masks.in_block_scale == IN_BLOCK and cfg.masks.cross_roi_scale == MASK_PRESETS["authors"]["cross_roi_scale"]
+    )
+    assert MaskConfig(preset="paper").in_block_scale == MaskConfig(preset="authors").in_block_scale == (0.0, 0.0)
+    MaskConfig(in_block_scale=(0.0, 0.5))  # a range starting at 0 is allowed
+
+
+def test_statistics_report_in_block_targets() -> None:
+    on = mask_statistics(MaskConfig(in_block_scale=IN_BLOCK), 60, 8, batch_size=8, n_samples=32, seed=0)
+    off = mask_statistics(MaskConfig(), 60, 8, batch_size=8, n_samples=32, seed=0)
+    assert set(on) == set(off) >= {f"{name}_tokens_mean" for name in REGIONS}
+    assert on["overlap_tokens"] == on["duplicate_target_tokens"] == on["samples_missing_region"] == 0
+    assert off["in_block_tokens_mean"] == 0 < on["in_block_tokens_mean"]
+    assert on["context_tokens_mean"] == pytest.approx(off["context_tokens_mean"] - on["in_block_tokens_mean"])
+    for name in REGIONS[:3]:
+        assert on[f"{name}_tokens_mean"] == off[f"{name}_tokens_mean"]
+
+
+@pytest.mark.parametrize("in_block", [IN_BLOCK, (0.0, 0.0)])
+def test_jepa_step_with_in_block_targets(in_block: tuple[float, float]) -> None:
+    cfg = LocalPretrainConfig(steps=2, subjects=6, batch_size=2, masks=MaskConfig(in_block_scale=in_block))
+    for _, metrics in local_pretraining(cfg):
+        assert math.isfinite(metrics["loss"]) and not any(math.isnan(v) for v in metrics.values())
+        assert {"l1_cross_roi", "l1_cross_time", "l1_double_cross"} <= set(metrics)
+        assert ("l1_in_block" in metrics) == (in_block != (0.0, 0.0))
+
+
+def test_mask_plot_shows_in_block_targets(tmp_path: Path) -> None:
+    from brainjepa_platform.plots import MASK_COLOURS, mask_grid, plot_masks
+
+    masks = MaskCollator(MaskConfig(in_block_scale=IN_BLOCK), 30, 6, seed=0).next_masks(3)
+    grid = mask_grid(masks, 1, 30, 6)
+    assert np.array_equal(np.sort(np.flatnonzero(grid == 5)), _regions(masks)[3][1])
+    assert len(MASK_COLOURS) == 6
+    path = plot_masks(masks, 30, 6, tmp_path / "masks.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
