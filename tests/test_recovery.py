@@ -182,6 +182,44 @@ def test_bench_step_shows_progress_on_stderr_only(capsys: pytest.CaptureFixture[
     assert result.steps == 2 and result.mfu > 0
 
 
+def test_a_run_or_sweep_saved_before_a_setting_existed_still_resumes() -> None:
+    """Settings added since a run or sweep was saved count as their defaults (which keep the old behaviour);
+    changing one of them on the rerun is still refused, and reading a full saved config adds no difference."""
+    import copy
+
+    from brainjepa.config import load_config, to_dict
+    from brainjepa_platform.sweep.config import load_sweep_config
+    from brainjepa_platform.sweep.driver import check_same_sweep, resolved_sweep
+    from brainjepa_platform.train.config import PretrainConfig
+    from brainjepa_platform.train.trainer import check_resumable, with_current_defaults
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for overrides in (
+        [],
+        [
+            "masks.preset=authors",
+            "masks.cross_roi_scale=[0.3,0.4]",
+            "pretext.regularizer=sigreg",
+            "pretext.reg_weight=0.05",
+        ],
+    ):
+        current = to_dict(load_config(PretrainConfig, root / "pretrain" / "tiny.yaml", overrides))
+        assert with_current_defaults(PretrainConfig, current) == current
+        older = copy.deepcopy(current)
+        del older["masks"]["in_block_scale"]  # saved before the in-block option existed
+        check_resumable(older, current, "r")
+        with pytest.raises(ValueError, match=r"masks.in_block_scale: \[0.0, 0.0\] -> \[0.2, 0.3\]"):
+            check_resumable(older, {**current, "masks": {**current["masks"], "in_block_scale": [0.2, 0.3]}}, "r")
+
+    sweep = resolved_sweep(load_sweep_config(root / "sweep" / "masking.yaml", ["data.dataset=data/cohort"]))
+    older = copy.deepcopy(sweep)
+    del older["objective"]["kind"], older["pretrain"]["masks"]["in_block_scale"]
+    check_same_sweep(older, sweep, "s")
+    with pytest.raises(ValueError, match=r"objective.kind: 'probe' -> 'fingerprint'"):
+        changed = {**sweep, "objective": {**sweep["objective"], "kind": "fingerprint", "metric": "identification"}}
+        check_same_sweep(older, changed, "s")
+
+
 def test_resume_refuses_changed_settings_but_not_scale() -> None:
     """A rerun may change scale and tracking; any other setting names the key, old and new value."""
     from brainjepa_platform.sweep.driver import check_same_sweep

@@ -52,7 +52,12 @@ from brainjepa_platform.sweep.trial import SWEEP_TAG, TrialContext, sweep_trial,
 from brainjepa_platform.tracking.pretraining import register_encoder
 from brainjepa_platform.train.checkpoints import run_location
 from brainjepa_platform.train.config import PretrainConfig
-from brainjepa_platform.train.trainer import RESUMABLE_CHANGES, changed_settings, resolve_gradients
+from brainjepa_platform.train.trainer import (
+    RESUMABLE_CHANGES,
+    changed_settings,
+    resolve_gradients,
+    with_current_defaults,
+)
 
 STATE_FILE = "sweep.json"
 TRAIN_DIR = "trials"
@@ -65,9 +70,21 @@ def resolved_sweep(cfg: SweepConfig) -> dict[str, Any]:
     return {**to_dict(cfg), "pretrain": to_dict(cfg.base_pretrain())}
 
 
+def sweep_with_current_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved sweep config (:func:`resolved_sweep`) read as today's configs read it: keys added since it was
+    saved take their defaults, in the sweep's settings and in its resolved base pretraining config."""
+    normalised = with_current_defaults(SweepConfig, saved)
+    if isinstance(saved.get("pretrain"), dict) and normalised is not saved:
+        normalised["pretrain"] = with_current_defaults(PretrainConfig, saved["pretrain"])
+    return normalised
+
+
 def check_same_sweep(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    """Refuse to resume a sweep whose settings changed (other than scale, tracking and reporting)."""
-    details = changed_settings(saved, current, SWEEP_RESUMABLE)
+    """Refuse to resume a sweep whose settings changed (other than scale, tracking and reporting); settings
+    that the saved config predates count as their defaults."""
+    details = changed_settings(
+        sweep_with_current_defaults(saved), sweep_with_current_defaults(current), SWEEP_RESUMABLE
+    )
     if details:
         raise ValueError(
             f"{where} holds a sweep started with other settings ({details}); resume it with the same "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from brainjepa.config import flatten
+from brainjepa.config import ConfigError, flatten, from_dict, to_dict
 from brainjepa.gradients import GradientArtifact, GradientParams, GradientProvenance, gradient_artifact
 from brainjepa_platform.data.cohort_fc import SubjectFilter, dataset_group_fc
 from brainjepa_platform.data.manifest import Manifest
@@ -33,9 +33,22 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any], may_change:
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
 
 
+def with_current_defaults(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a config as an earlier version saved it) read as today's ``cls`` reads it: keys added to
+    ``cls`` since then take their defaults, which keep the earlier behaviour (e.g. ``masks.in_block_scale``),
+    so a run or sweep started before an upgrade still resumes; ``saved`` as it is when ``cls`` cannot read it."""
+    try:
+        return to_dict(from_dict(cls, saved))
+    except (ConfigError, TypeError, ValueError):
+        return saved
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    """Refuse to resume a run whose settings changed (other than scale and tracking)."""
-    details = changed_settings(saved, current, RESUMABLE_CHANGES)
+    """Refuse to resume a run whose settings changed (other than scale and tracking); settings that the
+    saved config predates count as their defaults."""
+    details = changed_settings(
+        with_current_defaults(PretrainConfig, saved), with_current_defaults(PretrainConfig, current), RESUMABLE_CHANGES
+    )
     if details:
         raise ValueError(
             f"{where} holds a run started with other settings ({details}); resume it with the same config, "
