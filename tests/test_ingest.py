@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -18,11 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 from nilearn.maskers import NiftiLabelsMasker
 
+from brainjepa.config import ConfigError
+from brainjepa.connectivity import fc_features
+from brainjepa.fingerprint import identification_accuracy, zscore_segments
 from brainjepa_platform.data.extract import CleanConfig
 from brainjepa_platform.data.ingestion import IngestOptions, ingest, shard_locations
 from brainjepa_platform.data.manifest import Counts, read_manifest
 from brainjepa_platform.data.sources import discover
-from brainjepa_platform.data.synth import SynthOptions, write_bids
+from brainjepa_platform.data.synth import SynthOptions, bids_files, write_bids
 from brainjepa_platform.storage import StorageError, resolve
 
 ON_RAY = pytest.mark.usefixtures("ray_cluster")  # (conftest marks these integration)
@@ -337,6 +341,47 @@ def test_gzip_stream_reader_equals_nibabel(bids) -> None:
     assert series.shape == expected.shape == (len(atlas.values), image.shape[3])
     np.testing.assert_allclose(series, expected, rtol=1e-5, atol=1e-5)
     assert tr == pytest.approx(image.header.get_zooms()[3])
+
+
+def synth_digest(opts: SynthOptions) -> str:
+    """SHA-256 of every synthetic BIDS file's path and content (gzip members decompressed: their header has a time)."""
+    h = hashlib.sha256()
+    for parts, data in bids_files(opts):
+        h.update("/".join(parts).encode())
+        h.update(gzip.decompress(data) if parts[-1].endswith(".gz") else data)
+    return h.hexdigest()
+
+
+def test_synth_with_one_scan_per_subject_is_unchanged() -> None:
+    # digests recorded before scans_per_subject was added (numpy 2.4.6, nibabel 5.4.2)
+    first = SynthOptions(subjects=6, rois=12, frames=(40, 60), grid=(6, 6, 5))
+    assert synth_digest(first) == "1ca83a3c986b793942039fccd40280e6f0acf51b90ac17f073f4a1852c645614"
+    second = SynthOptions(subjects=5, rois=10, frames=(30, 50), trs=(2.0,), grid=(5, 5, 4), seed=7, scans_per_subject=1)
+    assert synth_digest(second) == "04c4fa266a4b57e8b66988e6772b28835d9a0ebe42d157af817673396eaa1fa1"
+
+
+def test_synth_sessions_per_subject_share_the_subjects_connectivity(tmp_path) -> None:
+    """scans_per_subject=3: every subject has sessions 1-3 (no runs), one TR and one cohesion, scan lengths in
+    the frames range; FC identifies subjects across the sessions (the sessions share a connectivity)."""
+    from brainjepa_platform.data.extract import LabelExtractor, load_atlas
+
+    opts = SynthOptions(subjects=6, rois=12, frames=(60, 90), grid=(8, 8, 6), seed=3, scans_per_subject=3)
+    paths = write_bids(resolve(tmp_path), opts)
+    specs = discover(resolve(tmp_path), "bids")
+    assert sorted((s.subject, s.session, s.run) for s in specs) == [
+        (f"{i:03d}", str(j), "") for i in range(1, 7) for j in (1, 2, 3)
+    ]
+    for subject in {s.subject for s in specs}:
+        mine = [s for s in specs if s.subject == subject]
+        assert len({s.tr for s in mine}) == 1 and len({s.phenotypes["cohesion"] for s in mine}) == 1
+    assert len({s.phenotypes["cohesion"] for s in specs}) == 6 and {s.tr for s in specs} <= set(opts.trs)
+    atlas = load_atlas(Path(paths["atlas"]).read_bytes(), "atlas", Path(paths["labels"]).read_text())
+    series = [LabelExtractor(atlas).extract(Path(s.path).read_bytes())[0] for s in specs]
+    assert all(60 <= x.shape[1] <= 90 for x in series) and len({x.shape[1] for x in series}) > 1
+    subject, session = np.array([s.subject for s in specs]), np.array([s.session for s in specs])
+    assert identification_accuracy(fc_features(zscore_segments(series)), subject, session) > 0.5  # chance 1/6
+    with pytest.raises(ConfigError, match=r"scans_per_subject=0: expected >= 1"):
+        SynthOptions(scans_per_subject=0)
 
 
 @ON_RAY

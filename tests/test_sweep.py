@@ -9,22 +9,32 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from brainjepa.config import ConfigError, load_config
+from brainjepa.fingerprint import differential_identifiability, identification_accuracy
+from brainjepa.model import BrainEncoder
 from brainjepa_platform.cli import main as cli
+from brainjepa_platform.data.manifest import read_manifest
 from brainjepa_platform.data.synth import SynthOptions, write_parquet
-from brainjepa_platform.sweep.config import load_sweep_config
+from brainjepa_platform.evaluate.embed import Embeddings, bundle_from_engine_state, embed_dataset
+from brainjepa_platform.evaluate.splits import subject_split
+from brainjepa_platform.sweep.config import ObjectiveConfig, load_sweep_config
 from brainjepa_platform.sweep.driver import run_sweep
-from brainjepa_platform.sweep.results import BEST_CONFIG, TrialRow, format_table, plot_objective
-from brainjepa_platform.sweep.search import make_scheduler, search_algorithm
-from brainjepa_platform.sweep.trial import PARENT_TAG
+from brainjepa_platform.sweep.results import BEST_CONFIG, TrialRow, format_table, objective_label, plot_objective
+from brainjepa_platform.sweep.search import OBJECTIVE, make_scheduler, search_algorithm
+from brainjepa_platform.sweep.trial import PARENT_TAG, fingerprint_scores, trial_objective
 from brainjepa_platform.train.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKING, GRADIENTS = ROOT / "configs" / "sweep" / "masking.yaml", ROOT / "configs" / "sweep" / "gradients.yaml"
+LEARNABILITY = ROOT / "configs" / "sweep" / "learnability.yaml"
+FINGERPRINT = ObjectiveConfig(kind="fingerprint", metric="identification", fractions=(0.5, 0.25, 0.25), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +153,43 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, mlflo
         run_sweep(load_sweep_config(MASKING, [*overrides, "optim.weight_decay=0.1"]))
 
 
+# --- Ray Data only: the fingerprint objective on a real embedding ------------------------------------------
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("ray_cluster")
+def test_fingerprint_objective_scores_the_validation_subjects_across_sessions(tmp_path) -> None:
+    """trial_objective(kind=fingerprint) of a random tiny encoder on a 12-subject, 2-session synthetic cohort
+    equals identification / I_diff computed directly on the validation (and test) subjects' embeddings,
+    with the sessions read from the scan ids."""
+    uri = str(tmp_path / "fp-cohort")
+    write_parquet(uri, SynthOptions(subjects=12, rois=24, frames=(100, 140), seed=5, scans_per_subject=2))
+    cfg = load_config(
+        PretrainConfig,
+        ROOT / "configs/pretrain/tiny.yaml",
+        [f"data.dataset={uri}", "model.n_rois=24", "model.frames=32", "model.patch=8", "model.n_gradients=4"],
+    )
+    gradients = np.random.default_rng(0).standard_normal((24, 4)).astype(np.float32)
+    torch.manual_seed(0)
+    state = BrainEncoder(cfg.model, torch.from_numpy(gradients)).state_dict()
+    manifest = read_manifest(uri)
+    scores = trial_objective(cfg, FINGERPRINT, state, gradients, manifest)
+
+    bundle = bundle_from_engine_state(state, cfg.model, gradients, manifest)
+    emb = embed_dataset(bundle, uri, target_tr=cfg.data.target_tr)
+    assert len(emb.scan_ids) == 24 and not emb.skipped
+    assert emb.sessions == [scan.split("_")[1].removeprefix("ses-") for scan in emb.scan_ids]  # sub-001_ses-1_...
+    split = subject_split(emb.subjects, FINGERPRINT.seed, FINGERPRINT.fractions)
+    for part, rows in (("val", split.val), ("test", split.test)):
+        subjects = np.asarray(emb.subjects)[rows]
+        session = np.asarray([int(s) for s in np.asarray(emb.sessions)[rows]])
+        assert scores[f"{part}_identification"] == identification_accuracy(emb.features[rows], subjects, session)
+        assert scores[f"{part}_i_diff"] == pytest.approx(
+            differential_identifiability(emb.features[rows], subjects, session), abs=1e-9
+        )
+        assert scores[f"{part}_subjects"] == 3 and scores[f"{part}_chance"] == pytest.approx(1 / 3)
+    assert scores[OBJECTIVE] == scores["val_identification"] and 0.0 <= scores[OBJECTIVE] <= 1.0
+    assert scores["probe_task"] == "fingerprint" and scores["probe_scans"] == 24 and scores["feature_rank"] > 1
+
+
 # --- without Ray --------------------------------------------------------------------------------------------
 def test_config_errors_name_the_key(tmp_path) -> None:
     base = [f"pretrain_config={ROOT / 'configs/pretrain/tiny.yaml'}"]
@@ -187,3 +234,69 @@ def test_table_and_plot(tmp_path) -> None:
     table = format_table(rows, list(cfg.space), "val pearson_r (coupling)", rows[1])
     assert table.splitlines()[3].startswith("* a_00001") and "stopped" in table
     assert plot_objective(rows, cfg.space, "val r", tmp_path / "p.png", rows[1]).stat().st_size > 0
+
+
+def test_objective_kind_checks_its_metric() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"objective.metric='pearson_r' with objective.kind=fingerprint: expected one of \['identification', 'i_d",
+    ):
+        load_sweep_config(MASKING, ["objective.kind=fingerprint"])
+    with pytest.raises(
+        ConfigError, match=r"objective.metric='identification' with objective.kind=probe: expected one of .*'pearson_r'"
+    ):
+        ObjectiveConfig(metric="identification")
+    with pytest.raises(ConfigError, match=r"objective.mode='min': fingerprint metrics .* expected max"):
+        ObjectiveConfig(kind="fingerprint", metric="i_diff", mode="min")
+    with pytest.raises(ConfigError, match=r"objective.kind: expected one of \['probe', 'fingerprint'\]"):
+        load_sweep_config(MASKING, ["objective.kind=fingerprinting"])
+    assert objective_label(FINGERPRINT) == "val identification (fingerprint)"
+    assert objective_label(ObjectiveConfig()) == "val pearson_r (coupling)"
+
+
+def embeddings(subjects: list[str], sessions: list[str], seed: int = 0) -> Embeddings:
+    """Random 8-D scan features of the given subjects and sessions (scan ids in the same order)."""
+    features = np.random.default_rng(seed).standard_normal((len(subjects), 8)).astype(np.float32)
+    ids = [f"sub-{s}_ses-{t}_{i}" for i, (s, t) in enumerate(zip(subjects, sessions))]
+    return Embeddings(ids, subjects, features, pd.DataFrame(index=range(len(ids))), sessions=sessions)
+
+
+def test_fingerprint_objective_leaves_out_single_session_subjects_and_names_the_fix() -> None:
+    subjects = [f"{i:02d}" for i in range(12) for _ in range(2)]  # 12 subjects, 2 scans each: 6 / 3 / 3
+    split = subject_split(subjects, FINGERPRINT.seed, FINGERPRINT.fractions)
+    single = subjects[split.val[0]]  # a validation subject with two runs of one session: no query across sessions
+    sessions = ["1" if s == single else str(r % 2 + 1) for r, s in enumerate(subjects)]
+    emb = embeddings(subjects, sessions)
+    scores = fingerprint_scores(emb, FINGERPRINT, "data/fp")
+    for part, rows in (("val", split.val), ("test", split.test)):
+        rows = np.asarray([r for r in rows if subjects[r] != single])
+        expected = identification_accuracy(emb.features[rows], np.asarray(subjects)[rows], np.asarray(sessions)[rows])
+        assert scores[f"{part}_identification"] == expected
+    assert (scores["val_chance"], scores["test_chance"]) == (1 / 2, 1 / 3)
+    assert scores[OBJECTIVE] == scores["val_identification"]
+    one_session = embeddings(subjects, [""] * len(subjects))
+    with pytest.raises(ValueError, match=r"0 of the 3 validation subjects of dataset data/fp .* --scans-per-subject 2"):
+        fingerprint_scores(one_session, FINGERPRINT, "data/fp")
+
+
+def test_learnability_sweep_config_loads() -> None:
+    cfg = load_sweep_config(LEARNABILITY, ["data.dataset=data/fp-cohort"])
+    base = cfg.base_pretrain()
+    assert cfg.expected_trials() == 16 and cfg.search == "random" and cfg.scheduler.kind == "fifo"
+    assert sorted(cfg.space) == [
+        "masks.cross_roi_scale",
+        "masks.in_block_scale",
+        "model.n_gradients",
+        "pretext.reg_weight",
+    ]
+    assert (cfg.space["pretext.reg_weight"].low, cfg.space["pretext.reg_weight"].high) == (0.005, 0.05)
+    assert cfg.space["pretext.reg_weight"].log and cfg.space["masks.in_block_scale"].values == [[0.0, 0.0], [0.2, 0.3]]
+    assert max(cfg.space["model.n_gradients"].values) < 24  # fits the synthetic cohort's 24 ROIs
+    assert (cfg.objective.kind, cfg.objective.metric, cfg.objective.mode) == ("fingerprint", "identification", "max")
+    assert (base.model.qk_norm, base.model.init, base.pretext.regularizer, base.pretext.reg_on) == (
+        True,
+        "fan_in",
+        "sigreg",
+        "pooled",
+    )
+    assert base.model.size == "tiny" and base.data.dataset == "data/fp-cohort"

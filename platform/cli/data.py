@@ -172,6 +172,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(p, "--out", key="out", help="output folder or dataset URI")
     shortcut(p, "--subjects", key="subjects", type=int, help="synthetic subjects")
     shortcut(p, "--rois", key="rois", type=int, help="ROIs of the atlas")
+    shortcut(
+        p,
+        "--scans-per-subject",
+        key="scans_per_subject",
+        type=int,
+        help="sessions per subject (ses-1, ses-2, ...); above 1 each subject keeps its own connectivity across "
+        "them (subject fingerprinting) and the phenotype is cohesion",
+    )
     shortcut(p, "--format", key="format", choices=["bids", "parquet"], help="BIDS tree or ingested dataset")
     shortcut(p, "--seed", key="seed", type=int, help="random seed")
     shortcut(p, "--quiet", key="quiet", action="store_true")

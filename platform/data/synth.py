@@ -2,7 +2,9 @@
 
 Subjects get different TRs and scan lengths; some have two sessions or two runs. Phenotypes
 (age, sex, coupling) are known functions of connectivity (see brainjepa.synthetic), and are written
-to participants.tsv so ingestion joins them.
+to participants.tsv so ingestion joins them. With ``scans_per_subject`` > 1 every subject has that many
+sessions sharing its own connectivity (``brainjepa.synthetic.fingerprint_cohort``: subject
+fingerprinting), and the phenotype is that function's ``cohesion``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from brainjepa.synthetic import synthetic_cohort
+from brainjepa.config import ConfigError
+from brainjepa.synthetic import fingerprint_cohort, synthetic_cohort
 from brainjepa_platform.data.outputs import SYNTH_NAME, check_output, delete_files, replace_local_dir
 from brainjepa_platform.storage import Location, ensure_bucket, list_files, resolve, write_bytes
 
@@ -32,6 +35,25 @@ class SynthOptions:
     trs: tuple[float, ...] = (0.8, 1.0, 2.0)
     grid: tuple[int, int, int] = (12, 12, 10)
     seed: int = 0
+    scans_per_subject: int = 1
+    """1: one scan per subject (every 4th with two sessions, every 5th with two runs, each drawn on its own);
+    more: that many sessions (ses-1, ses-2, ...) per subject, each subject with its own stable connectivity."""
+
+    def __post_init__(self) -> None:
+        if self.scans_per_subject < 1:
+            raise ConfigError(f"scans_per_subject={self.scans_per_subject}: expected >= 1 (sessions per subject)")
+
+
+@dataclass
+class SynthScan:
+    """One scan of the synthetic cohort: subject index (``sub-001`` is 0), BIDS session and run labels."""
+
+    subject: int
+    session: str
+    run: str
+    series: np.ndarray
+    """(R, T) ROI time series."""
+    tr: float
 
 
 def roi_labels(n_rois: int, n_networks: int = 7) -> list[str]:
@@ -75,11 +97,56 @@ def _scan_layout(i: int) -> list[tuple[str, str]]:
     return [("", "")]
 
 
-def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
-    """(path parts, content) of every file of the synthetic BIDS tree, one at a time."""
+def varied_scans(opts: SynthOptions) -> tuple[list[SynthScan], list[str]]:
+    """One scan per subject, some with two sessions or runs, each scan an independent draw of
+    :func:`synthetic_cohort`; and the participants.tsv lines (age, sex, coupling of each subject's first scan)."""
     layouts = [_scan_layout(i) for i in range(opts.subjects)]
     n_scans = sum(len(x) for x in layouts)
     cohort = synthetic_cohort(n_scans, opts.rois, n_frames=opts.frames, tr=opts.trs, seed=opts.seed)
+    phenotypes = cohort.phenotypes
+    scans: list[SynthScan] = []
+    rows = ["participant_id\tage\tsex\tcoupling"]
+    for i, layout in enumerate(layouts):
+        first = len(scans)
+        rows.append(
+            f"sub-{i + 1:03d}\t{phenotypes['age'][first]:.2f}\t{'MF'[phenotypes['sex'][first]]}"
+            f"\t{phenotypes['coupling'][first]:.4f}"
+        )
+        for ses, run in layout:
+            scans.append(SynthScan(i, ses, run, cohort.series[len(scans)], float(cohort.tr[len(scans)])))
+    return scans, rows
+
+
+def repeated_scans(opts: SynthOptions) -> tuple[list[SynthScan], list[str]]:
+    """``scans_per_subject`` sessions per subject from :func:`fingerprint_cohort`; and the participants.tsv
+    lines (``cohesion``, constant within a subject).
+
+    Each subject gets one TR of ``opts.trs`` and each scan a length in ``opts.frames``. The cohort is drawn once
+    per distinct TR with the same seed (its random draws do not depend on the TR), so a subject's
+    connectivity, the cohort's ROI baselines and the per-scan session effects do not depend on which TR it
+    got; each scan is the first frames of its series at its subject's TR.
+    """
+    k = opts.scans_per_subject
+    rng = np.random.default_rng(opts.seed + 2)
+    subject_tr = [opts.trs[j] for j in rng.integers(len(opts.trs), size=opts.subjects)]
+    frames = rng.integers(opts.frames[0], opts.frames[1] + 1, size=(opts.subjects, k))
+    cohorts = {
+        tr: fingerprint_cohort(opts.subjects, opts.rois, k, n_frames=opts.frames[1], tr=tr, seed=opts.seed)
+        for tr in set(subject_tr)
+    }
+    scans: list[SynthScan] = []
+    rows = ["participant_id\tcohesion"]
+    for i, tr in enumerate(subject_tr):
+        cohort = cohorts[tr]
+        series = cohort.series[i * k : (i + 1) * k]
+        scans += [SynthScan(i, str(j + 1), "", s[:, : frames[i, j]], float(tr)) for j, s in enumerate(series)]
+        rows.append(f"sub-{i + 1:03d}\t{cohort.phenotypes['cohesion'][i * k]:.4f}")
+    return scans, rows
+
+
+def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
+    """(path parts, content) of every file of the synthetic BIDS tree, one at a time."""
+    scans, participants = (varied_scans if opts.scans_per_subject == 1 else repeated_scans)(opts)
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
     affine[:3, 3] = -np.asarray(opts.grid) * 1.5
     labels = atlas_volume(opts.grid, opts.rois)
@@ -88,26 +155,16 @@ def bids_files(opts: SynthOptions) -> Iterator[tuple[tuple[str, ...], bytes]]:
     names = roi_labels(opts.rois)
     yield ("atlas", "labels.tsv"), ("index\tname\n" + "".join(f"{i + 1}\t{n}\n" for i, n in enumerate(names))).encode()
     yield ("dataset_description.json",), json.dumps({"Name": SYNTH_NAME, "BIDSVersion": "1.9.0"}).encode()
-    rows = ["participant_id\tage\tsex\tcoupling"]
-    scan = 0
-    for i, layout in enumerate(layouts):
-        sub = f"{i + 1:03d}"
-        # the subject's phenotype is that of its first scan's latent draw
-        rows.append(
-            f"sub-{sub}\t{cohort.phenotypes['age'][scan]:.2f}\t{'MF'[cohort.phenotypes['sex'][scan]]}"
-            f"\t{cohort.phenotypes['coupling'][scan]:.4f}"
-        )
-        for ses, run in layout:
-            series, tr = cohort.series[scan], float(cohort.tr[scan])
-            parts = [f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ["task-rest"] + ([f"run-{run}"] if run else [])
-            folder = (f"sub-{sub}", *([f"ses-{ses}"] if ses else []), "func")
-            stem = "_".join(parts) + "_bold"
-            voxels = series[np.clip(labels.astype(int) - 1, 0, None)]  # (x, y, z, T)
-            voxels = voxels * (labels > 0)[..., None] + rng.normal(0, 2.0, voxels.shape) * (labels > 0)[..., None]
-            yield (*folder, stem + ".nii.gz"), _nifti_bytes(voxels.astype(np.float32), affine, tr)
-            yield (*folder, stem + ".json"), json.dumps({"RepetitionTime": tr}).encode()
-            scan += 1
-    yield ("participants.tsv",), ("\n".join(rows) + "\n").encode()
+    for scan in scans:
+        sub, ses, run = f"{scan.subject + 1:03d}", scan.session, scan.run
+        parts = [f"sub-{sub}"] + ([f"ses-{ses}"] if ses else []) + ["task-rest"] + ([f"run-{run}"] if run else [])
+        folder = (f"sub-{sub}", *([f"ses-{ses}"] if ses else []), "func")
+        stem = "_".join(parts) + "_bold"
+        voxels = scan.series[np.clip(labels.astype(int) - 1, 0, None)]  # (x, y, z, T)
+        voxels = voxels * (labels > 0)[..., None] + rng.normal(0, 2.0, voxels.shape) * (labels > 0)[..., None]
+        yield (*folder, stem + ".nii.gz"), _nifti_bytes(voxels.astype(np.float32), affine, scan.tr)
+        yield (*folder, stem + ".json"), json.dumps({"RepetitionTime": scan.tr}).encode()
+    yield ("participants.tsv",), ("\n".join(participants) + "\n").encode()
 
 
 def bids_paths(out: Location) -> dict[str, str]:

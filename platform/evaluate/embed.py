@@ -46,6 +46,8 @@ class Embeddings:
     """(n_scans, R, D) per-ROI embeddings when asked for."""
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Scans that could not be embedded, with the reason (e.g. shorter than the model's window)."""
+    sessions: list[str] = field(default_factory=list)
+    """Each scan's BIDS session label (the dataset's ``session`` column; "" when it has none)."""
 
 
 def default_model_uri(dataset_uri: str, alias: str = DEFAULT_ALIAS) -> str:
@@ -184,7 +186,7 @@ def embed_dataset(
     bundle = scaled_for(bundle, manifest, scaling)
     target_tr = target_tr or bundle_target_tr(bundle)
     phenotype_columns = sorted(manifest.phenotypes)
-    rows = shard_dataset(dataset_uri, ["scan_id", "subject", *phenotype_columns, *SERIES_COLUMNS])
+    rows = shard_dataset(dataset_uri, ["scan_id", "subject", "session", *phenotype_columns, *SERIES_COLUMNS])
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     embedded = rows.map_batches(
         ScanEmbedder,
@@ -230,6 +232,7 @@ def to_embeddings(
         phenotypes=frame[phenotype_columns].copy(),
         per_roi=rois,
         skipped=skipped,
+        sessions=frame["session"].fillna("").astype(str).tolist() if "session" in frame else [""] * len(frame),
     )
 
 

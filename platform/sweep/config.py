@@ -73,14 +73,23 @@ class ParamSpec:
         return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
 
 
+FINGERPRINT_METRICS = ("identification", "i_diff")
+"""``kind: fingerprint`` metrics: nearest-neighbour identification accuracy, differential identifiability."""
+
+
 @dataclass
 class ObjectiveConfig:
-    """The trial objective: a linear probe of the frozen target encoder's features on a phenotype."""
+    """The trial objective, scored on the frozen target encoder's scan embeddings of the validation subjects:
+    a linear probe of a phenotype (``kind: probe``) or subject fingerprinting across sessions (``fingerprint``)."""
 
+    kind: Literal["probe", "fingerprint"] = "probe"
+    """probe: a phenotype from the features; fingerprint: each validation scan's nearest neighbour (by
+    correlation) among the other sessions' scans is its own subject's (needs several sessions per subject)."""
     target: str = "coupling"
-    """Phenotype column of the dataset (the synthetic cohort has age, sex and coupling)."""
+    """Phenotype column of the dataset (the synthetic cohort has age, sex and coupling); probe only."""
     metric: str = "pearson_r"
-    """A probe metric: pearson_r, r2, mse, mae (regression); balanced_accuracy, accuracy, f1, auroc."""
+    """probe: pearson_r, r2, mse, mae (regression); balanced_accuracy, accuracy, f1, auroc.
+    fingerprint: identification (accuracy) or i_diff (differential identifiability)."""
     mode: Literal["max", "min"] = "max"
     task: Literal["auto", "classification", "regression"] = "auto"
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
@@ -90,9 +99,19 @@ class ObjectiveConfig:
     """Windows per encoder forward pass when embedding the dataset."""
 
     def __post_init__(self) -> None:
-        known = set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS)
-        if self.metric not in known:
-            raise ConfigError(f"objective.metric={self.metric!r}: expected one of {sorted(known)}")
+        if self.kind == "fingerprint":
+            allowed = list(FINGERPRINT_METRICS)
+        else:
+            allowed = sorted(set(REGRESSION_METRICS) | set(CLASSIFICATION_METRICS))
+        if self.metric not in allowed:
+            raise ConfigError(
+                f"objective.metric={self.metric!r} with objective.kind={self.kind}: expected one of {allowed}"
+            )
+        if self.kind == "fingerprint" and self.mode != "max":
+            raise ConfigError(
+                f"objective.mode={self.mode!r}: fingerprint metrics {list(FINGERPRINT_METRICS)} are higher-is-better; "
+                "expected max"
+            )
 
 
 @dataclass

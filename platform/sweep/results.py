@@ -78,7 +78,8 @@ def pick_best(rows: list[TrialRow], mode: str) -> TrialRow | None:
 
 
 def objective_label(objective: ObjectiveConfig) -> str:
-    return f"val {objective.metric} ({objective.target})"
+    """The objective in tables and plots: ``val pearson_r (coupling)``, ``val identification (fingerprint)``."""
+    return f"val {objective.metric} ({'fingerprint' if objective.kind == 'fingerprint' else objective.target})"
 
 
 def format_table(rows: list[TrialRow], keys: list[str], label: str, best: TrialRow | None = None) -> str:

@@ -1,5 +1,6 @@
-"""One trial of a sweep: its PretrainConfig, a Ray Train run with Tune reports, the linear-probe objective
-of its final encoder, and its child MLflow run (through an explicit ``MlflowClient``)."""
+"""One trial of a sweep: its PretrainConfig, a Ray Train run with Tune reports, the objective of its final
+encoder (a linear probe of a phenotype or subject fingerprinting), and its child MLflow run (through an
+explicit ``MlflowClient``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -19,6 +20,9 @@ from brainjepa_platform.tracking.pretraining import prepare_run
 from brainjepa_platform.train.checkpoints import read_local_checkpoint
 from brainjepa_platform.train.config import PretrainConfig
 from brainjepa_platform.train.trainer import make_trainer
+
+if TYPE_CHECKING:
+    from brainjepa_platform.evaluate.embed import Embeddings
 
 SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "brainjepa.sweep", "brainjepa.trial_id", "mlflow.parentRunId"
 
@@ -119,18 +123,35 @@ def trial_objective(
     gradients: np.ndarray | None,
     manifest: Manifest,
 ) -> dict[str, Any]:
-    """Linear probe of the frozen target encoder's scan embeddings: validation metrics (the objective),
-    test metrics (for information, never used to choose) and collapse monitors of the features."""
+    """The frozen target encoder's scan embeddings scored by ``objective.kind`` (a linear probe or subject
+    fingerprinting): validation metrics (the objective), test metrics (for information, never used to
+    choose) and collapse monitors of the features."""
+    from brainjepa_platform.evaluate.embed import bundle_from_engine_state, embed_dataset
+
+    bundle = bundle_from_engine_state(state, cfg.model, gradients, manifest)
+    emb = embed_dataset(bundle, cfg.data.dataset, target_tr=cfg.data.target_tr, batch_size=objective.batch_size)
+    if objective.kind == "fingerprint":
+        return fingerprint_scores(emb, objective, cfg.data.dataset)
+    return probe_scores(emb, objective)
+
+
+def feature_monitors(x: np.ndarray) -> dict[str, float]:
+    """Collapse monitors of scan features: ``feature_std`` and ``feature_rank`` (effective rank)."""
     import torch
 
     from brainjepa.monitors import collapse_monitors
-    from brainjepa_platform.evaluate.embed import bundle_from_engine_state, embed_dataset
+
+    features = collapse_monitors(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    return {"feature_std": features["std"], "feature_rank": features["rank"]}
+
+
+def probe_scores(emb: Embeddings, objective: ObjectiveConfig) -> dict[str, Any]:
+    """Linear probe of ``objective.target`` on a subject split: the regulariser chosen and the objective scored
+    on validation; test metrics with the regulariser chosen on validation too."""
     from brainjepa_platform.evaluate.probe import linear_probe
     from brainjepa_platform.evaluate.run import labelled
     from brainjepa_platform.evaluate.splits import SplitIndices, subject_split
 
-    bundle = bundle_from_engine_state(state, cfg.model, gradients, manifest)
-    emb = embed_dataset(bundle, cfg.data.dataset, target_tr=cfg.data.target_tr, batch_size=objective.batch_size)
     keep, y, task = labelled(emb, objective.target, objective.task)
     x = emb.features[keep]
     subjects = [s for s, k in zip(emb.subjects, keep) if k]
@@ -140,15 +161,68 @@ def trial_objective(
     if objective.metric not in val:
         raise ValueError(f"objective.metric={objective.metric!r} is not a {task} metric; choose one of {sorted(val)}")
     test = linear_probe(x, y, task, split, objective.seed).metrics
-    features = collapse_monitors(torch.from_numpy(np.asarray(x, dtype=np.float32)))
     return {
         OBJECTIVE: float(val[objective.metric]),
         **{f"val_{k}": float(v) for k, v in val.items()},
         **{f"test_{k}": float(v) for k, v in test.items()},
-        "feature_std": features["std"],
-        "feature_rank": features["rank"],
+        **feature_monitors(x),
         "probe_scans": int(x.shape[0]),
         "probe_task": task,
+    }
+
+
+def multi_session_rows(subjects: list[str], sessions: list[str], rows: np.ndarray) -> np.ndarray:
+    """The ``rows`` whose subject has, among ``rows``, scans from at least two distinct sessions."""
+    seen: dict[str, set[str]] = {}
+    for r in rows.tolist():
+        seen.setdefault(subjects[r], set()).add(sessions[r])
+    return np.asarray([r for r in rows.tolist() if len(seen[subjects[r]]) >= 2], dtype=np.int64)
+
+
+def fingerprint_metrics(emb: Embeddings, rows: np.ndarray) -> dict[str, float]:
+    """Subject identification across sessions among ``rows`` (those of subjects with 2+ sessions there):
+    ``identification`` accuracy, ``i_diff``, ``chance`` (1 / subjects) and ``subjects``; NaN scores when
+    fewer than two subjects qualify. Sessions are the scans' session labels, numbered."""
+    from brainjepa.fingerprint import differential_identifiability, identification_accuracy
+
+    keep = multi_session_rows(emb.subjects, emb.sessions, rows)
+    subjects = np.asarray(emb.subjects, dtype=object)[keep]
+    n = len(set(subjects.tolist()))
+    if n < 2:
+        return {"identification": math.nan, "i_diff": math.nan, "chance": math.nan, "subjects": float(n)}
+    _, session = np.unique(np.asarray(emb.sessions, dtype=object)[keep].astype(str), return_inverse=True)
+    x = emb.features[keep]
+    return {
+        "identification": identification_accuracy(x, subjects, session),
+        "i_diff": differential_identifiability(x, subjects, session),
+        "chance": 1.0 / n,
+        "subjects": float(n),
+    }
+
+
+def fingerprint_scores(emb: Embeddings, objective: ObjectiveConfig, dataset: str) -> dict[str, Any]:
+    """Subject fingerprinting of the validation subjects of a subject split (the objective), and of the test
+    subjects (for information); subjects with scans from fewer than two sessions are left out."""
+    from brainjepa_platform.evaluate.splits import subject_split
+
+    if len(emb.sessions) != len(emb.subjects):
+        raise ValueError(f"embeddings of {dataset} carry no session labels: embed it with embed_dataset")
+    split = subject_split(emb.subjects, objective.seed, objective.fractions)
+    val, test = fingerprint_metrics(emb, split.val), fingerprint_metrics(emb, split.test)
+    if val["subjects"] < 2:
+        n_val = len({emb.subjects[r] for r in split.val.tolist()})
+        raise ValueError(
+            f"objective.kind=fingerprint: {int(val['subjects'])} of the {n_val} validation subjects of dataset "
+            f"{dataset} have scans from 2+ sessions, 2 are needed; write a cohort with several sessions per "
+            "subject (brainjepa synth --scans-per-subject 2) or give validation more subjects (objective.fractions)"
+        )
+    return {
+        OBJECTIVE: float(val[objective.metric]),
+        **{f"val_{k}": v for k, v in val.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        **feature_monitors(emb.features),
+        "probe_scans": len(emb.scan_ids),
+        "probe_task": "fingerprint",
     }
 
 
