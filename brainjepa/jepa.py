@@ -262,7 +262,7 @@ class PretrainEngine:
         if self.model.uses_ema:
             self.model.update_target(momentum)
         self.step += 1
-        for key in parts[0]:
+        for key in dict.fromkeys(k for p in parts for k in p):  # a key may be missing from some micro-batches
             values = [p[key] for p in parts if key in p]
             metrics[key] = sum(values) / len(values)
         metrics["ema_momentum"] = momentum

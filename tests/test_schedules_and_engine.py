@@ -44,7 +44,7 @@ def test_schedules_at_known_steps() -> None:
     assert s.ema_momentum(1000) == pytest.approx(1.0)
 
 
-def _setup(accumulation: int, total: int = 6, seed: int = 0):
+def _setup(accumulation: int, total: int = 6, seed: int = 0, masks: MaskConfig | None = None):
     torch.manual_seed(seed)
     cfg = ModelConfig(size="tiny", n_rois=16, frames=32, patch=8, n_gradients=4)
     cohort = synthetic_cohort(12, 16, n_frames=60, tr=2.0, seed=seed)
@@ -57,7 +57,7 @@ def _setup(accumulation: int, total: int = 6, seed: int = 0):
             cohort.tr,
             robust_stats(cohort.series),
             cfg,
-            MaskConfig(),
+            masks or MaskConfig(),
             batch_size=4,
             target_tr=2.0,
             seed=seed,
@@ -80,6 +80,16 @@ def test_accumulation_advances_schedules_per_optimizer_step() -> None:
     assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(s.lr(2))
     with pytest.raises(ValueError, match="micro-batches"):
         engine.train_step([next(sampler)])
+
+
+def test_a_metric_of_any_micro_batch_is_averaged_over_those_that_report_it() -> None:
+    """In-block targets may be empty in one micro-batch (sizes are drawn per micro-batch): its loss still
+    reaches the step's metrics, whichever micro-batch comes first."""
+    engine, plain = _setup(accumulation=2, total=4)
+    _, in_block = _setup(accumulation=2, total=4, masks=MaskConfig(in_block_scale=(0.2, 0.3)))
+    for first, second in ((plain, in_block), (in_block, plain)):
+        metrics = engine.train_step([next(first), next(second)])
+        assert np.isfinite(metrics["l1_in_block"]) and np.isfinite(metrics["l1_cross_roi"])
 
 
 @pytest.mark.slow
