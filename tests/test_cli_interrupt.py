@@ -185,3 +185,31 @@ def test_pretraining_progress_reaches_the_console_without_ray_chatter(tmp_path) 
     assert "step 5/20 (25%) from a worker" in result.stdout, (result.stdout, result.stderr)
     assert "pid=" not in result.stdout
     assert "worker chatter" not in result.stderr and "worker chatter" not in result.stdout
+
+
+def test_finalizer_errors_are_quiet_only_after_an_interrupt(capsys, monkeypatch) -> None:
+    """After Ctrl-C the console script drops errors raised in finalizers while the process winds down (a Ray
+    Data Dataset cut short in construction fails in __del__); before it, and with --debug, Python reports them."""
+    from brainjepa_platform.cli.main import INTERRUPTED, quiet_finalizers_after_interrupt
+
+    class HalfBuilt:
+        def __del__(self) -> None:
+            raise AttributeError("'MaterializedDataset' object has no attribute '_current_executor'")
+
+    captured: list = []
+    monkeypatch.setattr(sys, "unraisablehook", captured.append)
+    HalfBuilt()  # collected at once: its finalizer's error goes to the hook
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    (unraisable,) = captured
+    try:
+        monkeypatch.delenv(DEBUG_ENV, raising=False)
+        quiet_finalizers_after_interrupt(unraisable)
+        assert "_current_executor" in capsys.readouterr().err  # not interrupted: reported
+        INTERRUPTED.set()
+        quiet_finalizers_after_interrupt(unraisable)
+        assert capsys.readouterr().err == ""
+        monkeypatch.setenv(DEBUG_ENV, "1")
+        quiet_finalizers_after_interrupt(unraisable)
+        assert "_current_executor" in capsys.readouterr().err  # --debug: reported
+    finally:
+        INTERRUPTED.clear()
