@@ -88,10 +88,10 @@ for _reg, _weights in (
             f"pretext.reg_weight={_w}",
             "pretext.reg_on=pooled",
         ]
+"""``key=value`` overrides of the benchmark's base ``LocalPretrainConfig``, per recipe."""
 IN_BLOCK = "masks.in_block_scale=[0.2,0.3]"  # in-block targets: 20-30% of the observation block (docs/method.md)
 RECIPES["qknorm+in-block"] = [*QK, IN_BLOCK]
 RECIPES["qknorm+sigreg-pooled+in-block"] = [*RECIPES["qknorm+sigreg-pooled"], IN_BLOCK]
-"""``key=value`` overrides of the benchmark's base ``LocalPretrainConfig``, per recipe."""
 
 TARGET_TR = 2.0
 
