@@ -52,6 +52,7 @@ from brainjepa.fingerprint import (
     real_fingerprint_scans,
     zscore_segments,
 )
+from brainjepa.jepa import BrainJEPA
 from brainjepa.learnability import encode_scan_tokens, encode_scans, monitor_summary, token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, cohort_gradients, local_pretraining
 from brainjepa.masks import REGIONS
@@ -213,6 +214,16 @@ def monitors_at(history: list[dict[str, float]], window: int) -> dict[str, float
     return out
 
 
+def initial_encoder(cfg: LocalPretrainConfig, train: SyntheticCohort) -> BrainEncoder:
+    """The run's own target encoder at step 0, rebuilt as ``local_pretraining`` builds it (seed, gradients, model).
+
+    Training reseeds torch first, so building this before the run changes nothing in it.
+    """
+    torch.manual_seed(cfg.seed)
+    gradients = cohort_gradients(train.series, cfg.model.n_gradients)
+    return BrainJEPA(cfg.model, gradients, cfg.pretext).target_encoder.to(cfg.device)
+
+
 def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     """JEPA pretraining monitors, then fingerprinting and the cohesion probe on held-out subjects.
 
@@ -220,6 +231,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     pretraining; there is no held-out cohort and no cohesion phenotype). With ``s.eval_every``: the
     target encoder's fingerprinting read-outs and the latest monitors every ``s.eval_every`` steps too,
     as ``<key>@<step>``; they draw no random number, so the run's end is the same as without them.
+    Every read-out is also made on the run's own encoder at step 0 (``*_init``; ``<key>@0``): the paired
+    control, same initial weights, where the random encoder (``*_random``) is another draw.
     """
     if s.real:
         train = held_out = real_cohort(s.real)
@@ -232,7 +245,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
         )
     cfg = load_config(LocalPretrainConfig, None, [*base_overrides(s, seed), *recipe, f"steps={s.steps}"])
     history: list[dict[str, float]] = []
-    trajectory: dict[str, float] = {}
+    init = fingerprint_readouts(initial_encoder(cfg, train), held_out, "init")
+    trajectory = {f"{k}@0": float(init[k.replace("model", "init")]) for k in TRAJECTORY}
     for step, (engine, metrics) in enumerate(local_pretraining(cfg, train), start=1):
         history.append(metrics)
         if s.eval_every and step % s.eval_every == 0 and step < s.steps:
@@ -248,12 +262,16 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     out["fp_fc"] = identification_accuracy(fc, subject, session)
     out["idiff_fc"] = differential_identifiability(fc, subject, session)
     features: dict[str, np.ndarray] = {"fc": fc}
-    for name, encoder in (("model", engine.model.target_encoder), ("random", random_encoder)):
-        for key, value in fingerprint_readouts(encoder, held_out, name).items():
-            if isinstance(value, np.ndarray):
-                features[key] = value
-            else:
-                out[key] = value
+    readouts = {
+        **init,
+        **fingerprint_readouts(engine.model.target_encoder, held_out, "model"),
+        **fingerprint_readouts(random_encoder, held_out, "random"),
+    }
+    for key, value in readouts.items():
+        if isinstance(value, np.ndarray):
+            features[key] = value
+        else:
+            out[key] = value
     if s.eval_every:
         now = {**monitors_at(history, s.eval_every), **{k: out[k] for k in TRAJECTORY}}
         out.update(trajectory, **{f"{k}@{s.steps}": v for k, v in now.items()})
@@ -266,7 +284,7 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
         "regression",
         seeds=range(5),
     )
-    for name in ("model", "random", "fc", "model_tfc", "random_tfc"):
+    for name in ("model", "random", "init", "fc", "model_tfc", "random_tfc", "init_tfc"):
         out[f"cohesion_{name}"] = probe.summary()[name]["pearson_r"][0]
     return out
 
@@ -293,21 +311,28 @@ COLUMNS = [
     ("target rank end", "jepa_target_rank", 1),
     ("fingerprint model", "fp_model", 2),
     ("fingerprint random", "fp_random", 2),
+    ("fingerprint init", "fp_init", 2),
     ("per-ROI fp model", "fp_roi_model", 2),
     ("per-ROI fp random", "fp_roi_random", 2),
+    ("per-ROI fp init", "fp_roi_init", 2),
     ("fingerprint FC", "fp_fc", 2),
     ("cohesion r model", "cohesion_model", 2),
     ("cohesion r random", "cohesion_random", 2),
+    ("cohesion r init", "cohesion_init", 2),
     ("cohesion r FC", "cohesion_fc", 2),
     ("token-FC fp model", "fp_tfc_model", 2),
     ("token-FC fp random", "fp_tfc_random", 2),
+    ("token-FC fp init", "fp_tfc_init", 2),
     ("token-FC I_diff model", "idiff_tfc_model", 3),
     ("token-FC I_diff random", "idiff_tfc_random", 3),
+    ("token-FC I_diff init", "idiff_tfc_init", 3),
     ("FC I_diff", "idiff_fc", 3),
     ("ROI-embedding-corr fp model", "fp_rcorr_model", 2),
     ("ROI-embedding-corr fp random", "fp_rcorr_random", 2),
+    ("ROI-embedding-corr fp init", "fp_rcorr_init", 2),
     ("token-FC cohesion r model", "cohesion_model_tfc", 2),
     ("token-FC cohesion r random", "cohesion_random_tfc", 2),
+    ("token-FC cohesion r init", "cohesion_init_tfc", 2),
 ]
 
 
