@@ -176,7 +176,10 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     """Fingerprinting of ``encoder``'s features of the held-out scans: pooled, per ROI, token-FC, ROI-embedding corr.
 
     Float keys are scores (``fp_<name>``, ``fp_roi_<name>``, ``fp_tfc_<name>``, ``idiff_tfc_<name>``,
-    ``fp_rcorr_<name>``); ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
+    ``fp_rcorr_<name>``; ``idiff_tfcgsr_<name>``: token-FC after removing the ROIs' mean token at each time
+    patch, as global signal regression does for FC; ``idiff_tfcpos_<name>``, ``fp_tfcpos_<name>``: token-FC
+    of ``position_centred`` tokens; ``global_<name>``: the share of token variance that
+    mean carries); ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
     subject, session = held_out.subject, held_out.session
@@ -186,8 +189,14 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
     encoder.train(was_training)
     tfc = np.stack([token_correlation(t) for t in tokens])
+    tfc_gsr = np.stack([token_correlation(t - t.mean(axis=0)) for t in tokens])
+    tfc_pos = np.stack([token_correlation(t) for t in position_centred(tokens, encoder.cfg.n_time_patches)])
     roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
     return {
+        f"global_{name}": float(np.mean([global_share(t) for t in tokens])),
+        f"idiff_tfcgsr_{name}": differential_identifiability(tfc_gsr, subject, session),
+        f"idiff_tfcpos_{name}": differential_identifiability(tfc_pos, subject, session),
+        f"fp_tfcpos_{name}": identification_accuracy(tfc_pos, subject, session),
         name: pooled,
         f"{name}_tfc": tfc,
         f"fp_{name}": identification_accuracy(pooled, subject, session),
@@ -198,7 +207,34 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     }
 
 
-TRAJECTORY = ("fp_model", "fp_roi_model", "fp_tfc_model", "idiff_tfc_model", "fp_rcorr_model")
+def position_centred(tokens: list[np.ndarray], patches: int) -> list[np.ndarray]:
+    """Each scan's (R, W * P, D) tokens minus the cohort's mean token at the same ROI and patch of the window.
+
+    What is left is what the data, not the position, put into each token: a token's positional part (its
+    ROI's gradient code, its patch's time code, and whatever the encoder learned to predict from them alone)
+    is the same in every scan and drops out. Uses no label; the mean is over the scans given.
+    """
+    by_patch = [t.reshape(t.shape[0], -1, patches, t.shape[-1]) for t in tokens]  # (R, W, P, D)
+    mean = sum(b.sum(axis=1) for b in by_patch) / sum(b.shape[1] for b in by_patch)  # (R, P, D)
+    return [(b - mean[:, None]).reshape(t.shape) for b, t in zip(by_patch, tokens)]
+
+
+def global_share(tokens: np.ndarray) -> float:
+    """Share of a scan's time-centred (R, T, D) token variance that is common to all ROIs (their mean token)."""
+    x = tokens - tokens.mean(axis=1, keepdims=True)
+    return float((x.mean(axis=0) ** 2).sum() / (x**2).mean(axis=0).sum())
+
+
+TRAJECTORY = (
+    "fp_model",
+    "fp_roi_model",
+    "fp_tfc_model",
+    "idiff_tfc_model",
+    "idiff_tfcgsr_model",
+    "idiff_tfcpos_model",
+    "global_model",
+    "fp_rcorr_model",
+)
 """Read-outs recorded every ``--eval-every`` steps, as ``<key>@<step>`` (with the monitors at that step)."""
 TRAJECTORY_MONITORS = ("loss_over_floor", "context_reliance", "target_rank")
 
@@ -258,9 +294,13 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     torch.manual_seed(seed + 1)
     random_encoder = BrainEncoder(cfg.model, cohort_gradients(train.series, cfg.model.n_gradients)).to(s.device)
     subject, session = held_out.subject, held_out.session
-    fc = fc_features(list(zscore_segments(held_out.series)))
+    zscored = list(zscore_segments(held_out.series))
+    fc = fc_features(zscored)
     out["fp_fc"] = identification_accuracy(fc, subject, session)
     out["idiff_fc"] = differential_identifiability(fc, subject, session)
+    fc_gsr = fc_features([z - z.mean(axis=0) for z in zscored])
+    out["idiff_fcgsr"] = differential_identifiability(fc_gsr, subject, session)
+    out["global_fc"] = float(np.mean([global_share(z[:, :, None]) for z in zscored]))
     features: dict[str, np.ndarray] = {"fc": fc}
     readouts = {
         **init,
@@ -327,6 +367,19 @@ COLUMNS = [
     ("token-FC I_diff random", "idiff_tfc_random", 3),
     ("token-FC I_diff init", "idiff_tfc_init", 3),
     ("FC I_diff", "idiff_fc", 3),
+    ("token-FC-GSR I_diff model", "idiff_tfcgsr_model", 3),
+    ("token-FC-GSR I_diff random", "idiff_tfcgsr_random", 3),
+    ("token-FC-GSR I_diff init", "idiff_tfcgsr_init", 3),
+    ("FC-GSR I_diff", "idiff_fcgsr", 3),
+    ("position-centred token-FC I_diff model", "idiff_tfcpos_model", 3),
+    ("position-centred token-FC I_diff random", "idiff_tfcpos_random", 3),
+    ("position-centred token-FC I_diff init", "idiff_tfcpos_init", 3),
+    ("position-centred token-FC fp model", "fp_tfcpos_model", 2),
+    ("position-centred token-FC fp random", "fp_tfcpos_random", 2),
+    ("global share model", "global_model", 3),
+    ("global share random", "global_random", 3),
+    ("global share init", "global_init", 3),
+    ("global share series", "global_fc", 3),
     ("ROI-embedding-corr fp model", "fp_rcorr_model", 2),
     ("ROI-embedding-corr fp random", "fp_rcorr_random", 2),
     ("ROI-embedding-corr fp init", "fp_rcorr_init", 2),
