@@ -95,6 +95,9 @@ IN_BLOCK = "masks.in_block_scale=[0.2,0.3]"  # in-block targets: 20-30% of the o
 RECIPES["qknorm+in-block"] = [*QK, IN_BLOCK]
 RECIPES["qknorm+sigreg-pooled+in-block"] = [*RECIPES["qknorm+sigreg-pooled"], IN_BLOCK]
 RECIPES["qknorm+vicreg-w0.001+in-block"] = [*RECIPES["qknorm+vicreg-w0.001"], IN_BLOCK]
+for _reg, _w in (("vicreg", "0.01"), ("vicreg", "0.001"), ("sigreg", "0.0005")):
+    # each context token minus its sample's mean token at that time: keeps the ROIs' tokens apart at each time
+    RECIPES[f"qknorm+{_reg}-roi-w{_w}"] = [*RECIPES[f"qknorm+{_reg}-w{_w}"], "pretext.reg_on=roi_centred"]
 
 TARGET_TR = 2.0
 

@@ -172,7 +172,13 @@ class PretrainEngine:
                 loss = jepa_loss(prediction.float(), targets.float(), self.optim_cfg.loss)
                 total = loss
                 if pretext.active:
-                    reg, parts = regularizer_loss(context, pretext, self._regularizer_generator())
+                    reg, parts = regularizer_loss(
+                        context,
+                        pretext,
+                        self._regularizer_generator(),
+                        context_index,
+                        self.model.cfg.n_time_patches,
+                    )
                     total = loss + pretext.reg_weight * reg
                     out.update(parts)
                 (total * scale).backward()

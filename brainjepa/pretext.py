@@ -21,7 +21,11 @@ something else: how a trial is scored).
 * ``vicreg``: VICReg variance + covariance terms (C-JEPA, arXiv 2410.19560).
 
 ``reg_on`` says which embeddings: every context token (``tokens``, at most ``reg_max_rows`` of
-them, evenly spaced) or each sample's mean-pooled context (``pooled``: what ``embed`` returns).
+them, evenly spaced), each sample's mean-pooled context (``pooled``: what ``embed`` returns), or
+every context token minus the mean of its sample's context tokens at the same time patch
+(``roi_centred``, at most ``reg_max_rows``): what all ROIs share at a time drops out, so the term
+keeps the tokens of different ROIs apart at each time, which ``tokens`` and ``pooled`` do not (an
+encoder that gives every ROI the same token at a time keeps its rank across the batch).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class PretextConfig:
     target: Literal["ema", "copy"] = "ema"
     regularizer: Literal["none", "sigreg", "vicreg"] = "none"
     reg_weight: float = 0.0
-    reg_on: Literal["tokens", "pooled"] = "tokens"
+    reg_on: Literal["tokens", "pooled", "roi_centred"] = "tokens"
     sigreg_slices: int = 256
     reg_max_rows: int = 4096
 
@@ -61,10 +65,36 @@ class PretextConfig:
         return self.regularizer != "none"
 
 
-def regularized_rows(context: torch.Tensor, cfg: PretextConfig) -> torch.Tensor:
-    """The (rows, D) embeddings the regulariser sees: tokens or per-sample pooled context."""
+def roi_centred_tokens(context: torch.Tensor, context_index: torch.Tensor, n_time_patches: int) -> torch.Tensor:
+    """(B, Nc, D) context tokens minus the mean of the same sample's context tokens at their time patch.
+
+    Token index n is ROI ``n // n_time_patches`` at time patch ``n % n_time_patches``.
+    """
+    batch, n_context, dim = context.shape
+    group = (context_index % n_time_patches) + n_time_patches * torch.arange(batch, device=context.device)[:, None]
+    group = group.flatten()
+    flat = context.reshape(-1, dim)
+    sums = flat.new_zeros(batch * n_time_patches, dim).index_add(0, group, flat)
+    counts = flat.new_zeros(batch * n_time_patches).index_add(0, group, torch.ones_like(group, dtype=flat.dtype))
+    return (flat - sums[group] / counts[group, None]).reshape(batch, n_context, dim)
+
+
+def regularized_rows(
+    context: torch.Tensor,
+    cfg: PretextConfig,
+    context_index: torch.Tensor | None = None,
+    n_time_patches: int | None = None,
+) -> torch.Tensor:
+    """The (rows, D) embeddings the regulariser sees: tokens, per-sample pooled context or ROI-centred tokens.
+
+    ``roi_centred`` needs the tokens' ``context_index`` (B, Nc) and the model's ``n_time_patches``.
+    """
     if cfg.reg_on == "pooled":
         return context.mean(dim=1)
+    if cfg.reg_on == "roi_centred":
+        if context_index is None or n_time_patches is None:
+            raise ValueError("pretext.reg_on=roi_centred needs the context tokens' indices and n_time_patches")
+        context = roi_centred_tokens(context, context_index, n_time_patches)
     rows = context.reshape(-1, context.shape[-1])
     if rows.shape[0] > cfg.reg_max_rows:
         rows = rows[:: -(-rows.shape[0] // cfg.reg_max_rows)]
@@ -72,10 +102,14 @@ def regularized_rows(context: torch.Tensor, cfg: PretextConfig) -> torch.Tensor:
 
 
 def regularizer_loss(
-    context: torch.Tensor, cfg: PretextConfig, generator: torch.Generator | None = None
+    context: torch.Tensor,
+    cfg: PretextConfig,
+    generator: torch.Generator | None = None,
+    context_index: torch.Tensor | None = None,
+    n_time_patches: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Unweighted regulariser on ``context`` (B, Nc, D) and its parts, for logging."""
-    rows = regularized_rows(context, cfg).float()
+    rows = regularized_rows(context, cfg, context_index, n_time_patches).float()
     if cfg.regularizer == "sigreg":
         value = sigreg_loss(rows, n_slices=cfg.sigreg_slices, generator=generator)
         return value, {"sigreg": float(value.detach())}

@@ -17,7 +17,7 @@ from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pr
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.monitors import LEARNING_MONITORS, PositionFloor
-from brainjepa.pretext import PretextConfig
+from brainjepa.pretext import PretextConfig, regularized_rows, regularizer_loss, roi_centred_tokens
 from brainjepa.schedules import OptimConfig
 
 
@@ -146,9 +146,14 @@ def test_learning_monitors_on_monitored_steps_only() -> None:
 
 
 @pytest.mark.parametrize(
-    ("regularizer", "logged"), [("sigreg", {"sigreg"}), ("vicreg", {"vicreg_variance", "vicreg_covariance"})]
+    ("regularizer", "reg_on", "logged"),
+    [
+        ("sigreg", "tokens", {"sigreg"}),
+        ("vicreg", "tokens", {"vicreg_variance", "vicreg_covariance"}),
+        ("vicreg", "roi_centred", {"vicreg_variance", "vicreg_covariance"}),
+    ],
 )
-def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None:
+def test_regularizer_enters_the_step(regularizer: str, reg_on: str, logged: set[str]) -> None:
     """The weighted regulariser changes the student's update and is logged."""
     cfg = ModelConfig(size="tiny", n_rois=8, frames=16, patch=8, n_gradients=2)
     masks = MaskCollator(MaskConfig(), 8, 2, seed=0).next_masks(6).to_torch()
@@ -156,12 +161,40 @@ def test_regularizer_enters_the_step(regularizer: str, logged: set[str]) -> None
     updated = {}
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
-        pretext = PretextConfig(regularizer=regularizer if weight else "none", reg_weight=weight)
+        pretext = PretextConfig(regularizer=regularizer if weight else "none", reg_weight=weight, reg_on=reg_on)
         engine = PretrainEngine(BrainJEPA(cfg, torch.randn(8, 2), pretext), OptimConfig(), total_steps=2)
         metrics = engine.train_step([batch])
         assert logged <= set(metrics) if weight else not logged & set(metrics)
         updated[weight] = engine.model.student.encoder.blocks[0].attn.qkv.weight.clone()
     assert not torch.allclose(updated[0.0], updated[1.0])
+
+
+def test_roi_centred_rows_remove_what_the_rois_share_at_each_time() -> None:
+    """Each token minus its sample's mean context token at the same time patch (brute force), and only that.
+
+    Tokens that are the same for every ROI at a time (an encoder passing only the global signal) keep their
+    variance across the batch, so VICReg on ``tokens`` sees nothing wrong; on ``roi_centred`` rows they are
+    zero and the variance hinge is at its maximum.
+    """
+    gen = torch.Generator().manual_seed(0)
+    n_time_patches, batch, dim = 4, 3, 5
+    index = torch.stack([torch.randperm(6 * n_time_patches, generator=gen)[:10] for _ in range(batch)])
+    context = torch.randn(batch, 10, dim, generator=gen)
+    centred = roi_centred_tokens(context, index, n_time_patches)
+    for b in range(batch):
+        for n in range(10):
+            same_time = index[b] % n_time_patches == index[b, n] % n_time_patches
+            assert torch.allclose(centred[b, n], context[b, n] - context[b, same_time].mean(0), atol=1e-6)
+    per_time = torch.randn(batch, n_time_patches, dim, generator=gen)
+    shared = per_time[torch.arange(batch)[:, None], index % n_time_patches]  # every ROI's token = its time's
+    as_tokens = PretextConfig(regularizer="vicreg", reg_weight=1.0)
+    as_centred = PretextConfig(regularizer="vicreg", reg_weight=1.0, reg_on="roi_centred")
+    assert regularizer_loss(shared, as_tokens)[1]["vicreg_variance"] < 0.5
+    rows = regularized_rows(shared, as_centred, index, n_time_patches)
+    assert rows.shape == (batch * 10, dim) and rows.abs().max() < 1e-6
+    assert regularizer_loss(shared, as_centred, None, index, n_time_patches)[1]["vicreg_variance"] > 0.98
+    with pytest.raises(ValueError, match="roi_centred needs"):
+        regularized_rows(shared, as_centred)
 
 
 @pytest.mark.slow
