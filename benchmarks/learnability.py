@@ -195,7 +195,8 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     ``fp_rcorr_<name>``; ``idiff_tfcgsr_<name>``: token-FC after removing the ROIs' mean token at each time
     patch, as global signal regression does for FC; ``idiff_tfcpos_<name>``, ``fp_tfcpos_<name>``: token-FC
     of ``position_centred`` tokens; ``global_<name>``: the share of token variance that
-    mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts);
+    mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts;
+    ``lag1_<name>``: ``lag1_correlation``);
     ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
@@ -214,6 +215,7 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
         f"iself_tfc_{name}": same_subject,
         f"iothers_tfc_{name}": other_subjects,
         f"global_{name}": float(np.mean([global_share(t) for t in tokens])),
+        f"lag1_{name}": float(np.mean([lag1_correlation(t, encoder.cfg.n_time_patches) for t in tokens])),
         f"idiff_tfcgsr_{name}": differential_identifiability(tfc_gsr, subject, session),
         f"idiff_tfcpos_{name}": differential_identifiability(tfc_pos, subject, session),
         f"fp_tfcpos_{name}": identification_accuracy(tfc_pos, subject, session),
@@ -239,6 +241,18 @@ def position_centred(tokens: list[np.ndarray], patches: int) -> list[np.ndarray]
     return [(b - mean[:, None]).reshape(t.shape) for b, t in zip(by_patch, tokens)]
 
 
+def lag1_correlation(tokens: np.ndarray, patches: int) -> float:
+    """Correlation of a scan's time-centred (R, W * P, D) tokens with the next patch's, within each window.
+
+    Tokens that mix their neighbours in time correlate more with them, and fewer independent samples
+    then enter each ROI pair's token-FC, which makes it noisier from one scan to the next.
+    """
+    x = tokens - tokens.mean(axis=1, keepdims=True)
+    x = x.reshape(x.shape[0], -1, patches, x.shape[-1])
+    now, after = x[:, :, :-1], x[:, :, 1:]
+    return float((now * after).sum() / np.sqrt((now**2).sum() * (after**2).sum()))
+
+
 def global_share(tokens: np.ndarray) -> float:
     """Share of a scan's time-centred (R, T, D) token variance that is common to all ROIs (their mean token)."""
     x = tokens - tokens.mean(axis=1, keepdims=True)
@@ -255,6 +269,7 @@ TRAJECTORY = (
     "idiff_tfcgsr_model",
     "idiff_tfcpos_model",
     "global_model",
+    "lag1_model",
     "fp_rcorr_model",
 )
 """Read-outs recorded every ``--eval-every`` steps, as ``<key>@<step>`` (with the monitors at that step)."""
@@ -411,6 +426,9 @@ COLUMNS = [
     ("global share random", "global_random", 3),
     ("global share init", "global_init", 3),
     ("global share series", "global_fc", 3),
+    ("token lag-1 corr model", "lag1_model", 3),
+    ("token lag-1 corr random", "lag1_random", 3),
+    ("token lag-1 corr init", "lag1_init", 3),
     ("ROI-embedding-corr fp model", "fp_rcorr_model", 2),
     ("ROI-embedding-corr fp random", "fp_rcorr_random", 2),
     ("ROI-embedding-corr fp init", "fp_rcorr_init", 2),
