@@ -54,7 +54,14 @@ from brainjepa.fingerprint import (
     zscore_segments,
 )
 from brainjepa.jepa import BrainJEPA
-from brainjepa.learnability import encode_scan_tokens, encode_scans, monitor_summary, token_correlation, twin_cohort
+from brainjepa.learnability import (
+    attention_graph,
+    encode_scan_tokens,
+    encode_scans,
+    monitor_summary,
+    token_correlation,
+    twin_cohort,
+)
 from brainjepa.local import LocalPretrainConfig, cohort_gradients, local_pretraining
 from brainjepa.masks import REGIONS
 from brainjepa.model import BrainEncoder
@@ -196,7 +203,8 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     patch, as global signal regression does for FC; ``idiff_tfcpos_<name>``, ``fp_tfcpos_<name>``: token-FC
     of ``position_centred`` tokens; ``global_<name>``: the share of token variance that
     mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts;
-    ``lag1_<name>``: ``lag1_correlation``);
+    ``lag1_<name>``: ``lag1_correlation``; ``fp_attn_<name>``, ``idiff_attn_<name>``: the symmetrised
+    ``attention_graph``, where each ROI's attention goes, minus the cohort's mean graph);
     ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
@@ -205,13 +213,19 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     pooled = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR)
     per_roi = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR, per_roi=True)
     tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
+    graphs = attention_graph(encoder, held_out.series, held_out.tr, TARGET_TR)
     encoder.train(was_training)
+    upper = np.triu_indices(encoder.cfg.n_rois, k=1)
+    attn = np.stack([(g + g.T)[upper] / 2 for g in graphs])
+    attn -= attn.mean(axis=0)  # the cohort's mean graph (what positions alone route) is the same in every scan
     tfc = np.stack([token_correlation(t) for t in tokens])
     tfc_gsr = np.stack([token_correlation(t - t.mean(axis=0)) for t in tokens])
     tfc_pos = np.stack([token_correlation(t) for t in position_centred(tokens, encoder.cfg.n_time_patches)])
     roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
     same_subject, other_subjects = identifiability_parts(tfc, subject, session)
     return {
+        f"fp_attn_{name}": identification_accuracy(attn, subject, session),
+        f"idiff_attn_{name}": differential_identifiability(attn, subject, session),
         f"iself_tfc_{name}": same_subject,
         f"iothers_tfc_{name}": other_subjects,
         f"global_{name}": float(np.mean([global_share(t) for t in tokens])),
@@ -270,6 +284,8 @@ TRAJECTORY = (
     "idiff_tfcpos_model",
     "global_model",
     "lag1_model",
+    "fp_attn_model",
+    "idiff_attn_model",
     "fp_rcorr_model",
 )
 """Read-outs recorded every ``--eval-every`` steps, as ``<key>@<step>`` (with the monitors at that step)."""
@@ -429,6 +445,12 @@ COLUMNS = [
     ("token lag-1 corr model", "lag1_model", 3),
     ("token lag-1 corr random", "lag1_random", 3),
     ("token lag-1 corr init", "lag1_init", 3),
+    ("attention-graph fp model", "fp_attn_model", 2),
+    ("attention-graph fp random", "fp_attn_random", 2),
+    ("attention-graph fp init", "fp_attn_init", 2),
+    ("attention-graph I_diff model", "idiff_attn_model", 3),
+    ("attention-graph I_diff random", "idiff_attn_random", 3),
+    ("attention-graph I_diff init", "idiff_attn_init", 3),
     ("ROI-embedding-corr fp model", "fp_rcorr_model", 2),
     ("ROI-embedding-corr fp random", "fp_rcorr_random", 2),
     ("ROI-embedding-corr fp init", "fp_rcorr_init", 2),

@@ -6,6 +6,7 @@
   so that amplitude carries no identity;
 * ``encode_scan_tokens`` + ``token_correlation``: a second-order read-out, the ROI x ROI correlation
   of each scan's tokens ("FC of the embeddings");
+* ``attention_graph``: where each ROI's attention goes, ROI by ROI, per scan;
 * ``monitor_summary``: the learning monitors of a run's history, at its start and its end.
 
 ``benchmarks/learnability.py`` runs recipes over seeds with these; the tests assert what its table shows.
@@ -100,6 +101,34 @@ def encode_scan_tokens(
         ]
         tokens = torch.cat(parts).permute(1, 0, 2, 3)  # (R, W, P, D)
         out.append(tokens.reshape(cfg.n_rois, -1, tokens.shape[-1]).cpu().numpy())
+    return out
+
+
+@torch.no_grad()
+def attention_graph(
+    encoder: BrainEncoder, scans: Sequence[np.ndarray], trs: Sequence[float], target_tr: float, batch_size: int = 16
+) -> list[np.ndarray]:
+    """Per scan, the (R, R) share of ROI r's attention that goes to ROI s: where the encoder routes information.
+
+    Scans are scaled and windowed as in ``encode_scans``; the attention probabilities of every block and head
+    (``BrainEncoder.attention_maps``) are summed over the key ROI's time patches and averaged over blocks,
+    heads, the query's time patches and windows, so each row sums to 1. A subject's own relations between
+    ROIs can show here even when the tokens' values do not carry them.
+    """
+    cfg = encoder.cfg
+    device = next(encoder.parameters()).device
+    r, p = cfg.n_rois, cfg.n_time_patches
+    encoder.eval()
+    out = []
+    for scan, tr in zip(scans, trs):
+        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
+        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        total = torch.zeros(r, r, dtype=torch.float64)
+        for chunk in windows.split(batch_size):
+            for weights in encoder.attention_maps(chunk.to(device)):  # (k, heads, N, N)
+                by_roi = weights.double().reshape(*weights.shape[:2], r, p, r, p).sum(dim=-1).mean(dim=3)
+                total += by_roi.sum(dim=(0, 1)).cpu()  # (R query, R key)
+        out.append((total / (len(windows) * len(encoder.blocks) * cfg.heads)).numpy())
     return out
 
 

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from brainjepa.config import load_config
-from brainjepa.fingerprint import differential_identifiability, identifiability_parts
+from brainjepa.fingerprint import differential_identifiability, identifiability_parts, zscore_segments
 from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
-from brainjepa.learnability import token_correlation, twin_cohort
+from brainjepa.learnability import IQR_OF_UNIT_NORMAL, attention_graph, token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pretraining
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.monitors import LEARNING_MONITORS, PositionFloor
+from brainjepa.preprocess import tiling_windows
 from brainjepa.pretext import PretextConfig, regularized_rows, regularizer_loss, roi_centred_tokens
 from brainjepa.schedules import OptimConfig
 
@@ -115,6 +116,27 @@ def test_token_correlation_is_the_fc_of_the_tokens() -> None:
     upper3 = np.triu_indices(3, k=1)
     np.testing.assert_allclose(full[:3, :3][upper3], np.corrcoef(series[:3])[upper3], atol=1e-12)
     np.testing.assert_array_equal(full[:3, 3], 0.0)
+
+
+def test_attention_graph_is_each_rois_share_of_attention_over_the_scan() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(size="tiny", n_rois=5, frames=16, patch=4, n_gradients=2, qk_norm=True, init="fan_in")
+    encoder = BrainEncoder(cfg, torch.randn(5, 2))
+    scan = np.random.default_rng(0).standard_normal((5, 48))  # three 16-frame windows at TR 2
+    (graph,) = attention_graph(encoder, [scan], [2.0], 2.0, batch_size=2)
+    np.testing.assert_allclose(graph.sum(axis=1), 1.0, atol=1e-9)
+    # brute force: token n is ROI n // P at patch n % P
+    scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
+    windows = torch.from_numpy(tiling_windows(scaled, 2.0, 2.0, cfg.frames)).float()
+    maps = encoder.attention_maps(windows)
+    p = cfg.n_time_patches
+    expected = np.zeros((5, 5))
+    for layer in maps:
+        w = layer.double().mean(dim=(0, 1)).numpy()  # over windows and heads
+        for n in range(5 * p):
+            for m in range(5 * p):
+                expected[n // p, m // p] += w[n, m] / p
+    np.testing.assert_allclose(graph, expected / len(maps), atol=1e-9)
 
 
 def test_differential_identifiability_on_a_hand_case() -> None:
