@@ -204,7 +204,8 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     of ``position_centred`` tokens; ``global_<name>``: the share of token variance that
     mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts;
     ``lag1_<name>``: ``lag1_correlation``; ``fp_attn_<name>``, ``idiff_attn_<name>``: the symmetrised
-    ``attention_graph``, where each ROI's attention goes, minus the cohort's mean graph);
+    ``attention_graph``, where each ROI's attention goes, minus the cohort's mean graph; ``idiff_tfcc_<name>``,
+    ``fp_tfcc_<name>``: token-FC minus the held-out cohort's mean token-FC);
     ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
@@ -223,9 +224,12 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     tfc_pos = np.stack([token_correlation(t) for t in position_centred(tokens, encoder.cfg.n_time_patches)])
     roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
     same_subject, other_subjects = identifiability_parts(tfc, subject, session)
+    tfc_cohort = tfc - tfc.mean(axis=0)  # minus the held-out cohort's mean token-FC: what every subject shares
     return {
         f"fp_attn_{name}": identification_accuracy(attn, subject, session),
         f"idiff_attn_{name}": differential_identifiability(attn, subject, session),
+        f"idiff_tfcc_{name}": differential_identifiability(tfc_cohort, subject, session),
+        f"fp_tfcc_{name}": identification_accuracy(tfc_cohort, subject, session),
         f"iself_tfc_{name}": same_subject,
         f"iothers_tfc_{name}": other_subjects,
         f"global_{name}": float(np.mean([global_share(t) for t in tokens])),
@@ -280,6 +284,7 @@ TRAJECTORY = (
     "idiff_tfc_model",
     "iself_tfc_model",
     "iothers_tfc_model",
+    "idiff_tfcc_model",
     "idiff_tfcgsr_model",
     "idiff_tfcpos_model",
     "global_model",
@@ -354,6 +359,7 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     out["idiff_fc"] = out["iself_fc"] - out["iothers_fc"]
     fc_gsr = fc_features([z - z.mean(axis=0) for z in zscored])
     out["idiff_fcgsr"] = differential_identifiability(fc_gsr, subject, session)
+    out["idiff_fcc"] = differential_identifiability(fc - fc.mean(axis=0), subject, session)
     out["global_fc"] = float(np.mean([global_share(z[:, :, None]) for z in zscored]))
     features: dict[str, np.ndarray] = {"fc": fc}
     readouts = {
@@ -429,6 +435,10 @@ COLUMNS = [
     ("token-FC I_others random", "iothers_tfc_random", 3),
     ("token-FC I_others init", "iothers_tfc_init", 3),
     ("FC I_others", "iothers_fc", 3),
+    ("cohort-centred token-FC I_diff model", "idiff_tfcc_model", 3),
+    ("cohort-centred token-FC I_diff random", "idiff_tfcc_random", 3),
+    ("cohort-centred token-FC I_diff init", "idiff_tfcc_init", 3),
+    ("cohort-centred FC I_diff", "idiff_fcc", 3),
     ("token-FC-GSR I_diff model", "idiff_tfcgsr_model", 3),
     ("token-FC-GSR I_diff random", "idiff_tfcgsr_random", 3),
     ("token-FC-GSR I_diff init", "idiff_tfcgsr_init", 3),
