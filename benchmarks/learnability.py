@@ -138,6 +138,7 @@ class Settings:
     monitor_every: int
     real: str | None = None  # a REAL_DATA key
     eval_every: int = 0  # also record the read-outs every this many steps (0: only at the end)
+    random_draws: int = 1  # random encoders per seed; more than 1 adds each score's mean and sd over the draws
 
 
 REAL_DATA: dict[str, Callable[[], FingerprintScans]] = {
@@ -318,6 +319,29 @@ def initial_encoder(cfg: LocalPretrainConfig, train: SyntheticCohort) -> BrainEn
     return BrainJEPA(cfg.model, gradients, cfg.pretext).target_encoder.to(cfg.device)
 
 
+def random_draws(
+    s: Settings, cfg: LocalPretrainConfig, train: SyntheticCohort, held_out: SyntheticCohort, seed: int
+) -> dict[str, float]:
+    """Every ``*_random`` score over ``s.random_draws`` random encoders: ``<key>_draws`` (mean), ``<key>_draws_sd``.
+
+    Draw 0 is the run's ``*_random`` encoder (torch seed ``seed + 1``), draw k uses ``seed + 1 + 1000 k``: how
+    much of a model-vs-random difference is the luck of one draw of weights.
+    """
+    gradients = cohort_gradients(train.series, cfg.model.n_gradients)
+    scores: dict[str, list[float]] = {}
+    for k in range(s.random_draws):
+        torch.manual_seed(seed + 1 + 1000 * k)
+        encoder = BrainEncoder(cfg.model, gradients).to(s.device)
+        for key, value in fingerprint_readouts(encoder, held_out, "random").items():
+            if not isinstance(value, np.ndarray):
+                scores.setdefault(key, []).append(float(value))
+    out = {}
+    for key, values in scores.items():
+        out[f"{key}_draws"] = float(np.mean(values))
+        out[f"{key}_draws_sd"] = float(np.std(values, ddof=1))
+    return out
+
+
 def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     """JEPA pretraining monitors, then fingerprinting and the cohesion probe on held-out subjects.
 
@@ -372,6 +396,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
             features[key] = value
         else:
             out[key] = value
+    if s.random_draws > 1:
+        out.update(random_draws(s, cfg, train, held_out, seed))
     if s.eval_every:
         now = {**monitors_at(history, s.eval_every), **{k: out[k] for k in TRAJECTORY}}
         out.update(trajectory, **{f"{k}@{s.steps}": v for k, v in now.items()})
@@ -439,6 +465,8 @@ COLUMNS = [
     ("cohort-centred token-FC I_diff random", "idiff_tfcc_random", 3),
     ("cohort-centred token-FC I_diff init", "idiff_tfcc_init", 3),
     ("cohort-centred FC I_diff", "idiff_fcc", 3),
+    ("token-FC I_diff random, mean of draws", "idiff_tfc_random_draws", 3),
+    ("cohort-centred token-FC I_diff random, mean of draws", "idiff_tfcc_random_draws", 3),
     ("token-FC-GSR I_diff model", "idiff_tfcgsr_model", 3),
     ("token-FC-GSR I_diff random", "idiff_tfcgsr_random", 3),
     ("token-FC-GSR I_diff init", "idiff_tfcgsr_init", 3),
@@ -581,6 +609,13 @@ def main() -> None:
         "prints a second table, a row per step",
     )
     parser.add_argument("--plot", default=None, help="with --eval-every: PNG of the read-outs against steps")
+    parser.add_argument(
+        "--random-draws",
+        type=int,
+        default=1,
+        help="random encoders per seed (default 1); more adds each random score's mean and sd over the draws "
+        "(<key>_draws, <key>_draws_sd)",
+    )
     parser.add_argument("--out", default=None, help="also append each finished run to this JSON-lines file")
     args = parser.parse_args()
     names = [n for n in args.recipes.split(",") if n]
@@ -602,6 +637,7 @@ def main() -> None:
         args.monitor_every,
         args.real,
         args.eval_every,
+        args.random_draws,
     )
     if args.real:
         settings = dataclasses.replace(settings, rois=REAL_DATA[args.real]().series[0].shape[0])
