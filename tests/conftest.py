@@ -122,14 +122,9 @@ def ray_cluster(s3_endpoint: str) -> Iterator[str]:
     `brainjepa` subprocesses to join it with RAY_ADDRESS instead of starting a cluster of their own."""
     import ray
 
-    for attempt in (1, 2):  # Ray gives its raylet 30 s to register: a second try when the machine is overloaded
-        try:
-            context = ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            break
-        except Exception as exc:
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-            ray.shutdown()
+    from brainjepa_platform.cluster.connect import start_local_ray
+
+    context = start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield context.address_info["address"]
     ray.shutdown()
 

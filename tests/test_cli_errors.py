@@ -249,3 +249,40 @@ def test_console_script_keeps_130_once_interrupted(interrupted, monkeypatch) -> 
         assert (signal.getsignal(signal.SIGTERM) == signal.SIG_IGN) == interrupted
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_local_ray_start_is_tried_again_only_when_the_raylet_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray gives a starting raylet a fixed 30 s; an overloaded machine gets a second try, other errors none."""
+    import ray
+
+    from brainjepa_platform.cluster import connect
+
+    calls: list[str] = []
+    outcomes: list[BaseException | str] = []
+
+    def fake_init(**kwargs: object) -> str:
+        calls.append("init")
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    timeout = Exception("The current node timed out during startup. This could happen because ...")
+
+    outcomes[:] = [timeout, "context"]
+    assert connect.start_local_ray(num_cpus=4) == "context"
+    assert calls == ["init", "shutdown", "init"]
+
+    calls.clear()
+    outcomes[:] = [timeout, timeout]
+    with pytest.raises(Exception, match="timed out during startup"):
+        connect.start_local_ray(num_cpus=4)
+    assert calls == ["init", "shutdown", "init"]
+
+    calls.clear()
+    outcomes[:] = [ValueError("num_cpus must be >= 0")]
+    with pytest.raises(ValueError, match="num_cpus"):
+        connect.start_local_ray(num_cpus=-1)
+    assert calls == ["init"]
