@@ -263,8 +263,8 @@ def position_centred(tokens: list[np.ndarray], patches: int) -> list[np.ndarray]
 def lag1_correlation(tokens: np.ndarray, patches: int) -> float:
     """Correlation of a scan's time-centred (R, W * P, D) tokens with the next patch's, within each window.
 
-    Tokens that mix their neighbours in time correlate more with them, and fewer independent samples
-    then enter each ROI pair's token-FC, which makes it noisier from one scan to the next.
+    Tokens that mix their neighbours in time correlate more with them, so fewer independent samples enter
+    each ROI pair's token-FC (whether that makes it noisier is what docs/learning.md measures: not always).
     """
     x = tokens - tokens.mean(axis=1, keepdims=True)
     x = x.reshape(x.shape[0], -1, patches, x.shape[-1])
@@ -320,21 +320,25 @@ def initial_encoder(cfg: LocalPretrainConfig, train: SyntheticCohort) -> BrainEn
 
 
 def random_draws(
-    s: Settings, cfg: LocalPretrainConfig, train: SyntheticCohort, held_out: SyntheticCohort, seed: int
+    s: Settings,
+    cfg: LocalPretrainConfig,
+    gradients: torch.Tensor,
+    held_out: SyntheticCohort,
+    seed: int,
+    first: dict[str, float],
 ) -> dict[str, float]:
     """Every ``*_random`` score over ``s.random_draws`` random encoders: ``<key>_draws`` (mean), ``<key>_draws_sd``.
 
-    Draw 0 is the run's ``*_random`` encoder (torch seed ``seed + 1``), draw k uses ``seed + 1 + 1000 k``: how
-    much of a model-vs-random difference is the luck of one draw of weights.
+    Draw 0 is the run's ``*_random`` encoder (torch seed ``seed + 1``; its scores are ``first``), draw k uses
+    ``seed + 1 + 1000 k``: how much of a model-vs-random difference is the luck of one draw of weights.
     """
-    gradients = cohort_gradients(train.series, cfg.model.n_gradients)
-    scores: dict[str, list[float]] = {}
-    for k in range(s.random_draws):
+    scores = {key: [value] for key, value in first.items() if key.endswith("_random")}
+    for k in range(1, s.random_draws):
         torch.manual_seed(seed + 1 + 1000 * k)
         encoder = BrainEncoder(cfg.model, gradients).to(s.device)
         for key, value in fingerprint_readouts(encoder, held_out, "random").items():
             if not isinstance(value, np.ndarray):
-                scores.setdefault(key, []).append(float(value))
+                scores[key].append(float(value))
     out = {}
     for key, values in scores.items():
         out[f"{key}_draws"] = float(np.mean(values))
@@ -374,7 +378,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
             print(f"    seed {seed} step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in now.items()), flush=True)
     out = {f"jepa_{k}": v for k, v in monitor_summary(history).items()}
     torch.manual_seed(seed + 1)
-    random_encoder = BrainEncoder(cfg.model, cohort_gradients(train.series, cfg.model.n_gradients)).to(s.device)
+    gradients = cohort_gradients(train.series, cfg.model.n_gradients)
+    random_encoder = BrainEncoder(cfg.model, gradients).to(s.device)
     subject, session = held_out.subject, held_out.session
     zscored = list(zscore_segments(held_out.series))
     fc = fc_features(zscored)
@@ -397,7 +402,7 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
         else:
             out[key] = value
     if s.random_draws > 1:
-        out.update(random_draws(s, cfg, train, held_out, seed))
+        out.update(random_draws(s, cfg, gradients, held_out, seed, out))
     if s.eval_every:
         now = {**monitors_at(history, s.eval_every), **{k: out[k] for k in TRAJECTORY}}
         out.update(trajectory, **{f"{k}@{s.steps}": v for k, v in now.items()})

@@ -43,6 +43,12 @@ def twin_cohort(
     )
 
 
+def scan_windows(scan: np.ndarray, tr: float, target_tr: float, frames: int) -> torch.Tensor:
+    """One (R, T) scan z-scored per ROI over its whole length, on the robust-scaling scale, as tiling windows."""
+    scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
+    return torch.from_numpy(tiling_windows(scaled, tr, target_tr, frames)).float()
+
+
 @torch.no_grad()
 def encode_scans(
     encoder: BrainEncoder,
@@ -62,8 +68,7 @@ def encode_scans(
     encoder.eval()
     features = []
     for scan, tr in zip(scans, trs):
-        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
-        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        windows = scan_windows(scan, tr, target_tr, cfg.frames)
         parts = []
         for chunk in windows.split(batch_size):
             tokens = encoder(chunk.to(device)).float()  # (k, R * P, D)
@@ -93,8 +98,7 @@ def encode_scan_tokens(
     encoder.eval()
     out = []
     for scan, tr in zip(scans, trs):
-        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
-        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        windows = scan_windows(scan, tr, target_tr, cfg.frames)
         parts = [
             encoder(chunk.to(device)).float().reshape(len(chunk), cfg.n_rois, cfg.n_time_patches, -1)
             for chunk in windows.split(batch_size)
@@ -121,8 +125,7 @@ def attention_graph(
     encoder.eval()
     out = []
     for scan, tr in zip(scans, trs):
-        scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
-        windows = torch.from_numpy(tiling_windows(scaled, tr, target_tr, cfg.frames)).float()
+        windows = scan_windows(scan, tr, target_tr, cfg.frames)
         total = torch.zeros(r, r, dtype=torch.float64)
         for chunk in windows.split(batch_size):
             for weights in encoder.attention_maps(chunk.to(device)):  # (k, heads, N, N)

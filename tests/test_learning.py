@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from brainjepa.config import load_config
-from brainjepa.fingerprint import differential_identifiability, identifiability_parts, zscore_segments
+from brainjepa.fingerprint import differential_identifiability, identifiability_parts
 from brainjepa.jepa import BrainJEPA, PretrainEngine, parameter_groups
-from brainjepa.learnability import IQR_OF_UNIT_NORMAL, attention_graph, token_correlation, twin_cohort
+from brainjepa.learnability import attention_graph, scan_windows, token_correlation, twin_cohort
 from brainjepa.local import LocalPretrainConfig, local_pretraining, run_local_pretraining
 from brainjepa.masks import MaskCollator, MaskConfig
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.monitors import LEARNING_MONITORS, PositionFloor
-from brainjepa.preprocess import tiling_windows
 from brainjepa.pretext import PretextConfig, regularized_rows, regularizer_loss, roi_centred_tokens
 from brainjepa.schedules import OptimConfig
 
@@ -126,8 +125,7 @@ def test_attention_graph_is_each_rois_share_of_attention_over_the_scan() -> None
     (graph,) = attention_graph(encoder, [scan], [2.0], 2.0, batch_size=2)
     np.testing.assert_allclose(graph.sum(axis=1), 1.0, atol=1e-9)
     # brute force: token n is ROI n // P at patch n % P
-    scaled = zscore_segments(scan)[0] / IQR_OF_UNIT_NORMAL
-    windows = torch.from_numpy(tiling_windows(scaled, 2.0, 2.0, cfg.frames)).float()
+    windows = scan_windows(scan, 2.0, 2.0, cfg.frames)
     maps = encoder.attention_maps(windows)
     p = cfg.n_time_patches
     expected = np.zeros((5, 5))

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from ray.exceptions import AuthenticationError
 
 from brainjepa_platform.cli import submit as cli_submit
-from brainjepa_platform.cluster.connect import RAYLET_TIMEOUT
+from brainjepa_platform.cluster.connect import retry_raylet_timeout
 from brainjepa_platform.cluster.submit import (
     JobRequest,
     connect,
@@ -153,13 +153,8 @@ def _start_head(token: str, log: Path) -> tuple[Head, subprocess.Popen, str]:
 def ray_head(tmp_path_factory) -> Iterator[Head]:
     token = secrets.token_hex(16)
     log = tmp_path_factory.mktemp("head") / "ray-head.log"
-    for attempt in (1, 2):  # Ray gives its raylet a fixed 30 s to register: a second try on a loaded machine
-        try:
-            head, proc, temp_dir = _start_head(token, log)
-            break
-        except RuntimeError as exc:
-            if attempt == 2 or RAYLET_TIMEOUT not in str(exc):
-                raise
+    # _start_head cleans up after a failed start itself
+    head, proc, temp_dir = retry_raylet_timeout(lambda: _start_head(token, log), lambda: None)
     try:
         yield head
     finally:

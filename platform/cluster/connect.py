@@ -112,22 +112,26 @@ RAYLET_TIMEOUT = "timed out during startup"
 """Ray's error when the raylet does not register with the GCS within its fixed 30 s (an overloaded machine)."""
 
 
-def start_local_ray(**init_kwargs: Any) -> Any:
-    """``ray.init(**init_kwargs)`` for a new local cluster, tried a second time if the raylet timed out.
+def retry_raylet_timeout(start: Callable[[], T], cleanup: Callable[[], object]) -> T:
+    """``start()``, and once more after ``cleanup()`` if it failed because the raylet timed out.
 
     Ray gives a starting raylet a fixed 30 s to register; on a busy machine (a laptop doing other work, a CI
     runner running tests in parallel) that can pass once and not the next time. Any other error is raised.
     """
+    try:
+        return start()
+    except Exception as exc:
+        if RAYLET_TIMEOUT not in str(exc):
+            raise
+    cleanup()
+    return start()
+
+
+def start_local_ray(**init_kwargs: Any) -> Any:
+    """``ray.init(**init_kwargs)`` for a new local cluster, tried a second time if the raylet timed out."""
     import ray
 
-    for attempt in (1, 2):
-        try:
-            return ray.init(**init_kwargs)
-        except Exception as exc:
-            if attempt == 2 or RAYLET_TIMEOUT not in str(exc):
-                raise
-            ray.shutdown()
-    raise AssertionError("unreachable")
+    return retry_raylet_timeout(lambda: ray.init(**init_kwargs), ray.shutdown)
 
 
 def init_ray(num_cpus: int = 0, worker_output: bool = False) -> None:
