@@ -196,7 +196,9 @@ def copy_task(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     return {"copy_loss_over_floor": summary["loss_over_floor"], "copy_reliance": summary["context_reliance"]}
 
 
-def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name: str) -> dict[str, np.ndarray | float]:
+def fingerprint_readouts(
+    encoder: BrainEncoder, held_out: SyntheticCohort, name: str, reference: SyntheticCohort | None = None
+) -> dict[str, np.ndarray | float]:
     """Fingerprinting of ``encoder``'s features of the held-out scans: pooled, per ROI, token-FC, ROI-embedding corr.
 
     Float keys are scores (``fp_<name>``, ``fp_roi_<name>``, ``fp_tfc_<name>``, ``idiff_tfc_<name>``,
@@ -206,7 +208,9 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     mean carries; ``iself_tfc_<name>``, ``iothers_tfc_<name>``: token-FC's I_diff in its two parts;
     ``lag1_<name>``: ``lag1_correlation``; ``fp_attn_<name>``, ``idiff_attn_<name>``: the symmetrised
     ``attention_graph``, where each ROI's attention goes, minus the cohort's mean graph; ``idiff_tfcc_<name>``,
-    ``fp_tfcc_<name>``: token-FC minus the held-out cohort's mean token-FC);
+    ``fp_tfcc_<name>``: token-FC minus the held-out cohort's mean token-FC; with ``reference`` (other scans,
+    e.g. the pretraining cohort) also ``idiff_tfci_<name>``, ``fp_tfci_<name>``: token-FC minus the
+    reference scans' mean token-FC, an inductive centring that uses nothing of the scans it scores);
     ``<name>`` and ``<name>_tfc`` hold the pooled and token-FC features (for the probe).
     The encoder's train / eval mode is restored, and no random number is drawn.
     """
@@ -226,7 +230,17 @@ def fingerprint_readouts(encoder: BrainEncoder, held_out: SyntheticCohort, name:
     roi_corr = np.stack([token_correlation(t, over_time=False) for t in tokens])
     same_subject, other_subjects = identifiability_parts(tfc, subject, session)
     tfc_cohort = tfc - tfc.mean(axis=0)  # minus the held-out cohort's mean token-FC: what every subject shares
+    inductive = {}
+    if reference is not None:
+        reference_tokens = encode_scan_tokens(encoder, reference.series, reference.tr, TARGET_TR)
+        encoder.train(was_training)
+        tfc_inductive = tfc - np.mean([token_correlation(t) for t in reference_tokens], axis=0)
+        inductive = {
+            f"idiff_tfci_{name}": differential_identifiability(tfc_inductive, subject, session),
+            f"fp_tfci_{name}": identification_accuracy(tfc_inductive, subject, session),
+        }
     return {
+        **inductive,
         f"fp_attn_{name}": identification_accuracy(attn, subject, session),
         f"idiff_attn_{name}": differential_identifiability(attn, subject, session),
         f"idiff_tfcc_{name}": differential_identifiability(tfc_cohort, subject, session),
@@ -286,6 +300,7 @@ TRAJECTORY = (
     "iself_tfc_model",
     "iothers_tfc_model",
     "idiff_tfcc_model",
+    "idiff_tfci_model",
     "idiff_tfcgsr_model",
     "idiff_tfcpos_model",
     "global_model",
@@ -324,6 +339,7 @@ def random_draws(
     cfg: LocalPretrainConfig,
     gradients: torch.Tensor,
     held_out: SyntheticCohort,
+    reference: SyntheticCohort,
     seed: int,
     first: dict[str, float],
 ) -> dict[str, float]:
@@ -336,7 +352,7 @@ def random_draws(
     for k in range(1, s.random_draws):
         torch.manual_seed(seed + 1 + 1000 * k)
         encoder = BrainEncoder(cfg.model, gradients).to(s.device)
-        for key, value in fingerprint_readouts(encoder, held_out, "random").items():
+        for key, value in fingerprint_readouts(encoder, held_out, "random", reference).items():
             if not isinstance(value, np.ndarray):
                 scores[key].append(float(value))
     out = {}
@@ -355,6 +371,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     as ``<key>@<step>``; they draw no random number, so the run's end is the same as without them.
     Every read-out is also made on the run's own encoder at step 0 (``*_init``; ``<key>@0``): the paired
     control, same initial weights, where the random encoder (``*_random``) is another draw.
+    Train-centred read-outs (``*_tfci_*``, ``idiff_fci``) subtract the pretraining scans' mean (token-)FC;
+    with ``s.real`` those are the scored scans themselves, so they equal the cohort-centred ones.
     """
     if s.real:
         train = held_out = real_cohort(s.real)
@@ -367,12 +385,12 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
         )
     cfg = load_config(LocalPretrainConfig, None, [*base_overrides(s, seed), *recipe, f"steps={s.steps}"])
     history: list[dict[str, float]] = []
-    init = fingerprint_readouts(initial_encoder(cfg, train), held_out, "init")
+    init = fingerprint_readouts(initial_encoder(cfg, train), held_out, "init", train)
     trajectory = {f"{k}@0": float(init[k.replace("model", "init")]) for k in TRAJECTORY}
     for step, (engine, metrics) in enumerate(local_pretraining(cfg, train), start=1):
         history.append(metrics)
         if s.eval_every and step % s.eval_every == 0 and step < s.steps:
-            readouts = fingerprint_readouts(engine.model.target_encoder, held_out, "model")
+            readouts = fingerprint_readouts(engine.model.target_encoder, held_out, "model", train)
             now = {**monitors_at(history, s.eval_every), **{k: float(readouts[k]) for k in TRAJECTORY}}
             trajectory.update({f"{k}@{step}": v for k, v in now.items()})
             print(f"    seed {seed} step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in now.items()), flush=True)
@@ -389,12 +407,14 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     fc_gsr = fc_features([z - z.mean(axis=0) for z in zscored])
     out["idiff_fcgsr"] = differential_identifiability(fc_gsr, subject, session)
     out["idiff_fcc"] = differential_identifiability(fc - fc.mean(axis=0), subject, session)
+    train_fc_mean = fc_features(list(zscore_segments(train.series))).mean(axis=0)
+    out["idiff_fci"] = differential_identifiability(fc - train_fc_mean, subject, session)
     out["global_fc"] = float(np.mean([global_share(z[:, :, None]) for z in zscored]))
     features: dict[str, np.ndarray] = {"fc": fc}
     readouts = {
         **init,
-        **fingerprint_readouts(engine.model.target_encoder, held_out, "model"),
-        **fingerprint_readouts(random_encoder, held_out, "random"),
+        **fingerprint_readouts(engine.model.target_encoder, held_out, "model", train),
+        **fingerprint_readouts(random_encoder, held_out, "random", train),
     }
     for key, value in readouts.items():
         if isinstance(value, np.ndarray):
@@ -402,7 +422,7 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
         else:
             out[key] = value
     if s.random_draws > 1:
-        out.update(random_draws(s, cfg, gradients, held_out, seed, out))
+        out.update(random_draws(s, cfg, gradients, held_out, train, seed, out))
     if s.eval_every:
         now = {**monitors_at(history, s.eval_every), **{k: out[k] for k in TRAJECTORY}}
         out.update(trajectory, **{f"{k}@{s.steps}": v for k, v in now.items()})
@@ -470,8 +490,15 @@ COLUMNS = [
     ("cohort-centred token-FC I_diff random", "idiff_tfcc_random", 3),
     ("cohort-centred token-FC I_diff init", "idiff_tfcc_init", 3),
     ("cohort-centred FC I_diff", "idiff_fcc", 3),
+    ("train-centred token-FC I_diff model", "idiff_tfci_model", 3),
+    ("train-centred token-FC I_diff random", "idiff_tfci_random", 3),
+    ("train-centred token-FC I_diff init", "idiff_tfci_init", 3),
+    ("train-centred FC I_diff", "idiff_fci", 3),
     ("token-FC I_diff random, mean of draws", "idiff_tfc_random_draws", 3),
     ("cohort-centred token-FC I_diff random, mean of draws", "idiff_tfcc_random_draws", 3),
+    ("cohort-centred token-FC I_diff random, sd of draws", "idiff_tfcc_random_draws_sd", 3),
+    ("train-centred token-FC I_diff random, mean of draws", "idiff_tfci_random_draws", 3),
+    ("train-centred token-FC I_diff random, sd of draws", "idiff_tfci_random_draws_sd", 3),
     ("token-FC-GSR I_diff model", "idiff_tfcgsr_model", 3),
     ("token-FC-GSR I_diff random", "idiff_tfcgsr_random", 3),
     ("token-FC-GSR I_diff init", "idiff_tfcgsr_init", 3),
