@@ -220,6 +220,10 @@ def fingerprint_readouts(
     per_roi = encode_scans(encoder, held_out.series, held_out.tr, TARGET_TR, per_roi=True)
     tokens = encode_scan_tokens(encoder, held_out.series, held_out.tr, TARGET_TR)
     graphs = attention_graph(encoder, held_out.series, held_out.tr, TARGET_TR)
+    if reference is None or reference is held_out:  # with --real the pretraining scans are the scored ones
+        reference_tokens = tokens
+    else:
+        reference_tokens = encode_scan_tokens(encoder, reference.series, reference.tr, TARGET_TR)
     encoder.train(was_training)
     upper = np.triu_indices(encoder.cfg.n_rois, k=1)
     attn = np.stack([(g + g.T)[upper] / 2 for g in graphs])
@@ -232,9 +236,10 @@ def fingerprint_readouts(
     tfc_cohort = tfc - tfc.mean(axis=0)  # minus the held-out cohort's mean token-FC: what every subject shares
     inductive = {}
     if reference is not None:
-        reference_tokens = encode_scan_tokens(encoder, reference.series, reference.tr, TARGET_TR)
-        encoder.train(was_training)
-        tfc_inductive = tfc - np.mean([token_correlation(t) for t in reference_tokens], axis=0)
+        reference_tfc = (
+            tfc if reference_tokens is tokens else np.stack([token_correlation(t) for t in reference_tokens])
+        )
+        tfc_inductive = tfc - reference_tfc.mean(axis=0)
         inductive = {
             f"idiff_tfci_{name}": differential_identifiability(tfc_inductive, subject, session),
             f"fp_tfci_{name}": identification_accuracy(tfc_inductive, subject, session),
@@ -407,8 +412,8 @@ def jepa_run(s: Settings, recipe: list[str], seed: int) -> dict[str, float]:
     fc_gsr = fc_features([z - z.mean(axis=0) for z in zscored])
     out["idiff_fcgsr"] = differential_identifiability(fc_gsr, subject, session)
     out["idiff_fcc"] = differential_identifiability(fc - fc.mean(axis=0), subject, session)
-    train_fc_mean = fc_features(list(zscore_segments(train.series))).mean(axis=0)
-    out["idiff_fci"] = differential_identifiability(fc - train_fc_mean, subject, session)
+    train_fc = fc if train is held_out else fc_features(list(zscore_segments(train.series)))
+    out["idiff_fci"] = differential_identifiability(fc - train_fc.mean(axis=0), subject, session)
     out["global_fc"] = float(np.mean([global_share(z[:, :, None]) for z in zscored]))
     features: dict[str, np.ndarray] = {"fc": fc}
     readouts = {
