@@ -49,7 +49,7 @@ def pooled_features(encoder: BrainEncoder, cohort: SyntheticCohort, stats: Robus
     with torch.no_grad():
         return np.stack(
             [
-                embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64)[0]
+                embed_scan(bundle, series, tr, target_tr, per_roi=False, batch_size=64).pooled
                 for series, tr in zip(cohort.series, cohort.tr)
             ]
         )

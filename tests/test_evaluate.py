@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from brainjepa.learnability import token_correlation
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import tiling_windows
 from brainjepa_platform.cli.main import main
@@ -70,14 +71,12 @@ def first_scan(uri: str) -> tuple[str, np.ndarray, float]:
 def test_embed_cli_writes_every_scan_matching_a_direct_computation(cohort, registered, tmp_path) -> None:
     mlflow.set_tracking_uri(registered)
     out = tmp_path / "emb"
-    assert (
-        main(["embed", "--model", "models:/eval-encoder@current", "--data", cohort, "--out", str(out), "--per-roi"])
-        == 0
-    )
+    model = "models:/eval-encoder@current"
+    assert main(["embed", "--model", model, "--data", cohort, "--out", str(out), "--per-roi", "--token-fc"]) == 0
     table = read_embeddings(str(out))
     meta = json.loads((out / "embeddings.json").read_text())
     n_scans = read_manifest(cohort).counts.scans
-    assert len(table) == meta["scans"] == n_scans and meta["dim"] == 64 and not meta["skipped"]
+    assert len(table) == meta["scans"] == n_scans and meta["dim"] == 64 and not meta["skipped"] and meta["token_fc"]
     assert list(table["scan_id"]) == sorted(table["scan_id"])
     assert {"age", "sex", "coupling", "subject"} <= set(table.columns)
     # the first scan by hand: tiling windows at the model's TR, the dataset's scaling, mean over windows and tokens
@@ -91,6 +90,11 @@ def test_embed_cli_writes_every_scan_matching_a_direct_computation(cohort, regis
     np.testing.assert_allclose(np.asarray(row["embedding"]), tokens.mean(axis=(0, 1)), rtol=1e-4, atol=1e-5)
     per_roi = np.asarray(row["per_roi"]).reshape(24, 64)
     np.testing.assert_allclose(per_roi, tokens.reshape(len(windows), 24, 4, 64).mean(axis=(0, 2)), rtol=1e-4, atol=1e-5)
+    # token-FC: each ROI's tokens over every window's time patches, time-centred, correlated between ROIs
+    by_roi = tokens.reshape(len(windows), 24, 4, 64).transpose(1, 0, 2, 3).reshape(24, 4 * len(windows), 64)
+    token_fc = np.asarray(row["token_fc"])
+    assert token_fc.shape == (24 * 23 // 2,) and np.abs(token_fc).max() <= 1 + 1e-6
+    np.testing.assert_allclose(token_fc, token_correlation(by_roi), atol=1e-4)
 
 
 def test_embed_refuses_a_dataset_of_another_atlas(registered, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -35,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MASKING, GRADIENTS = ROOT / "configs" / "sweep" / "masking.yaml", ROOT / "configs" / "sweep" / "gradients.yaml"
 LEARNABILITY = ROOT / "configs" / "sweep" / "learnability.yaml"
 FINGERPRINT = ObjectiveConfig(kind="fingerprint", metric="identification", fractions=(0.5, 0.25, 0.25), seed=1)
+TOKEN_FC = ObjectiveConfig(
+    kind="fingerprint", metric="i_diff", fractions=(0.5, 0.25, 0.25), seed=1, features="token_fc", centring="train"
+)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +163,8 @@ def test_interrupted_sweep_resumes_from_the_command_line(cohort, tmp_path, mlflo
 def test_fingerprint_objective_scores_the_validation_subjects_across_sessions(tmp_path) -> None:
     """trial_objective(kind=fingerprint) of a random tiny encoder on a 12-subject, 2-session synthetic cohort
     equals identification / I_diff computed directly on the validation (and test) subjects' embeddings,
-    with the sessions read from the scan ids."""
+    with the sessions read from the scan ids; with features=token_fc, centring=train on their token-FC minus
+    the train subjects' mean token-FC."""
     uri = str(tmp_path / "fp-cohort")
     write_parquet(uri, SynthOptions(subjects=12, rois=24, frames=(100, 140), seed=5, scans_per_subject=2))
     cfg = load_config(
@@ -172,10 +177,11 @@ def test_fingerprint_objective_scores_the_validation_subjects_across_sessions(tm
     state = BrainEncoder(cfg.model, torch.from_numpy(gradients)).state_dict()
     manifest = read_manifest(uri)
     scores = trial_objective(cfg, FINGERPRINT, state, gradients, manifest)
+    token_scores = trial_objective(cfg, TOKEN_FC, state, gradients, manifest)
 
     bundle = bundle_from_engine_state(state, cfg.model, gradients, manifest)
-    emb = embed_dataset(bundle, uri, target_tr=cfg.data.target_tr)
-    assert len(emb.scan_ids) == 24 and not emb.skipped
+    emb = embed_dataset(bundle, uri, target_tr=cfg.data.target_tr, token_fc=True)
+    assert len(emb.scan_ids) == 24 and not emb.skipped and emb.token_fc is not None
     assert emb.sessions == [scan.split("_")[1].removeprefix("ses-") for scan in emb.scan_ids]  # sub-001_ses-1_...
     split = subject_split(emb.subjects, FINGERPRINT.seed, FINGERPRINT.fractions)
     for part, rows in (("val", split.val), ("test", split.test)):
@@ -186,7 +192,13 @@ def test_fingerprint_objective_scores_the_validation_subjects_across_sessions(tm
             differential_identifiability(emb.features[rows], subjects, session), abs=1e-9
         )
         assert scores[f"{part}_subjects"] == 3 and scores[f"{part}_chance"] == pytest.approx(1 / 3)
+        centred = emb.token_fc[rows] - emb.token_fc[split.train].mean(axis=0)
+        assert token_scores[f"{part}_i_diff"] == pytest.approx(
+            differential_identifiability(centred, subjects, session), abs=1e-6
+        )
+        assert token_scores[f"{part}_identification"] == identification_accuracy(centred, subjects, session)
     assert scores[OBJECTIVE] == scores["val_identification"] and 0.0 <= scores[OBJECTIVE] <= 1.0
+    assert token_scores[OBJECTIVE] == token_scores["val_i_diff"] != scores["val_i_diff"]
     assert scores["probe_task"] == "fingerprint" and scores["probe_scans"] == 24 and scores["feature_rank"] > 1
 
 
@@ -252,13 +264,22 @@ def test_objective_kind_checks_its_metric() -> None:
         load_sweep_config(MASKING, ["objective.kind=fingerprinting"])
     assert objective_label(FINGERPRINT) == "val identification (fingerprint)"
     assert objective_label(ObjectiveConfig()) == "val pearson_r (coupling)"
+    assert objective_label(TOKEN_FC) == "val i_diff (fingerprint, train-centred token_fc)"
+    with pytest.raises(ConfigError, match=r"objective.features='token_fc'.* apply to objective.kind=fingerprint"):
+        load_sweep_config(MASKING, ["objective.features=token_fc"])
+    with pytest.raises(ConfigError, match=r"objective.centring: expected one of \['none', 'train'\]"):
+        load_sweep_config(LEARNABILITY, ["objective.centring=cohort"])
 
 
 def embeddings(subjects: list[str], sessions: list[str], seed: int = 0) -> Embeddings:
-    """Random 8-D scan features of the given subjects and sessions (scan ids in the same order)."""
-    features = np.random.default_rng(seed).standard_normal((len(subjects), 8)).astype(np.float32)
+    """Random 8-D scan features and 6-value token-FC of the given subjects and sessions (scan ids in order)."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((len(subjects), 8)).astype(np.float32)
+    token_fc = rng.uniform(-1, 1, (len(subjects), 6)).astype(np.float32)
     ids = [f"sub-{s}_ses-{t}_{i}" for i, (s, t) in enumerate(zip(subjects, sessions))]
-    return Embeddings(ids, subjects, features, pd.DataFrame(index=range(len(ids))), sessions=sessions)
+    return Embeddings(
+        ids, subjects, features, pd.DataFrame(index=range(len(ids))), sessions=sessions, token_fc=token_fc
+    )
 
 
 def test_fingerprint_objective_leaves_out_single_session_subjects_and_names_the_fix() -> None:
@@ -274,6 +295,18 @@ def test_fingerprint_objective_leaves_out_single_session_subjects_and_names_the_
         assert scores[f"{part}_identification"] == expected
     assert (scores["val_chance"], scores["test_chance"]) == (1 / 2, 1 / 3)
     assert scores[OBJECTIVE] == scores["val_identification"]
+    # token-FC minus the train subjects' mean: a pattern shared by every scan dominates the uncentred correlations
+    emb.token_fc += 5.0 * np.random.default_rng(1).standard_normal(6).astype(np.float32)
+    token_scores = fingerprint_scores(emb, TOKEN_FC, "data/fp")
+    centred = emb.token_fc - emb.token_fc[split.train].mean(axis=0)
+    rows = np.asarray([r for r in split.val if subjects[r] != single])
+    expected = differential_identifiability(centred[rows], np.asarray(subjects)[rows], np.asarray(sessions)[rows])
+    assert token_scores[OBJECTIVE] == token_scores["val_i_diff"] == pytest.approx(expected, abs=1e-9)
+    uncentred = dataclasses.replace(TOKEN_FC, centring="none")
+    assert fingerprint_scores(emb, uncentred, "data/fp")["val_i_diff"] != pytest.approx(expected, abs=1e-3)
+    without = Embeddings(emb.scan_ids, emb.subjects, emb.features, emb.phenotypes, sessions=emb.sessions)
+    with pytest.raises(ValueError, match=r"objective.features=token_fc: embed the dataset .*token_fc=True"):
+        fingerprint_scores(without, TOKEN_FC, "data/fp")
     one_session = embeddings(subjects, [""] * len(subjects))
     with pytest.raises(ValueError, match=r"0 of the 3 validation subjects of dataset data/fp .* --scans-per-subject 2"):
         fingerprint_scores(one_session, FINGERPRINT, "data/fp")
@@ -289,14 +322,16 @@ def test_learnability_sweep_config_loads() -> None:
         "model.n_gradients",
         "pretext.reg_weight",
     ]
-    assert (cfg.space["pretext.reg_weight"].low, cfg.space["pretext.reg_weight"].high) == (0.005, 0.05)
+    assert (cfg.space["pretext.reg_weight"].low, cfg.space["pretext.reg_weight"].high) == (0.0001, 0.01)
     assert cfg.space["pretext.reg_weight"].log and cfg.space["masks.in_block_scale"].values == [[0.0, 0.0], [0.2, 0.3]]
     assert max(cfg.space["model.n_gradients"].values) < 24  # fits the synthetic cohort's 24 ROIs
-    assert (cfg.objective.kind, cfg.objective.metric, cfg.objective.mode) == ("fingerprint", "identification", "max")
+    objective = cfg.objective
+    assert (objective.kind, objective.metric, objective.mode) == ("fingerprint", "i_diff", "max")
+    assert (objective.features, objective.centring) == ("token_fc", "train")
     assert (base.model.qk_norm, base.model.init, base.pretext.regularizer, base.pretext.reg_on) == (
         True,
         "fan_in",
-        "sigreg",
-        "pooled",
+        "vicreg",
+        "tokens",
     )
     assert base.model.size == "tiny" and base.data.dataset == "data/fp-cohort"

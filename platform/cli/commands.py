@@ -58,6 +58,8 @@ class EmbedOptions:
     model: str = ""
     """MLflow model URI; empty: ``models:/brainjepa-encoder-<atlas>-<n_rois>@current`` of the dataset's atlas."""
     per_roi: bool = False
+    token_fc: bool = False
+    """Also each scan's token-FC: the ROI x ROI correlation of its time-centred tokens (docs/learning.md)."""
     scaling: Literal["dataset", "model"] = "dataset"
     target_tr: float = 0.0
     """Seconds between model frames; 0: the model's."""

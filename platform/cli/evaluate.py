@@ -35,6 +35,7 @@ def cmd_embed(opts: EmbedOptions, args: argparse.Namespace) -> int:
         per_roi=opts.per_roi,
         batch_size=opts.batch_size,
         workers=opts.workers,
+        token_fc=opts.token_fc,
     )
     path = write_embeddings(
         emb,
@@ -43,7 +44,8 @@ def cmd_embed(opts: EmbedOptions, args: argparse.Namespace) -> int:
     )
     print(
         f"Embedded {len(emb.scan_ids)} scans ({emb.features.shape[1]} dimensions"
-        f"{', per ROI too' if emb.per_roi is not None else ''}) into {path}"
+        f"{', per ROI too' if emb.per_roi is not None else ''}"
+        f"{', token-FC too' if emb.token_fc is not None else ''}) into {path}"
     )
     for s in emb.skipped:
         print(f"  skipped {s['scan_id']}: {s['reason']}")
@@ -104,6 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     shortcut(p, "--data", key="data", help="ingested dataset URI (path, file:// or s3://)")
     shortcut(p, "--out", key="out", help="output folder URI (embeddings.parquet + embeddings.json)")
     shortcut(p, "--per-roi", key="per_roi", action="store_true", help="also write per-ROI embeddings")
+    shortcut(
+        p,
+        "--token-fc",
+        key="token_fc",
+        action="store_true",
+        help="also write each scan's token-FC (ROI x ROI correlation of its tokens; R*(R-1)/2 values a scan)",
+    )
     shortcut(p, "--batch-size", key="batch_size", type=int, help="windows per encoder forward pass")
     shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (one GPU each on a GPU cluster)")
 

@@ -2,7 +2,8 @@
 
 Each scan is resampled to the model's TR and cut into consecutive windows covering it; the frozen
 target encoder embeds every window and the scan's embedding is the mean over windows and tokens
-(optionally also per ROI: the mean over windows and time patches of each ROI's tokens). Inputs are
+(optionally also per ROI: the mean over windows and time patches of each ROI's tokens, and token-FC: the
+ROI x ROI correlation of each ROI's time-centred tokens, the read-out of docs/learning.md). Inputs are
 robust-scaled with the evaluated dataset's own statistics (as pretraining scaled its cohort), or with
 the statistics shipped with the model (``scaling="model"``). Ray Data runs the encoder in an actor
 pool (one GPU per actor when the cluster has GPUs).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from brainjepa.learnability import token_correlation
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import tiling_windows
 from brainjepa_platform.data.manifest import Manifest, read_manifest
@@ -48,6 +50,8 @@ class Embeddings:
     """Scans that could not be embedded, with the reason (e.g. shorter than the model's window)."""
     sessions: list[str] = field(default_factory=list)
     """Each scan's BIDS session label (the dataset's ``session`` column; "" when it has none)."""
+    token_fc: np.ndarray | None = None
+    """(n_scans, R * (R - 1) / 2) token-FC (upper triangle, row-major) when asked for."""
 
 
 def default_model_uri(dataset_uri: str, alias: str = DEFAULT_ALIAS) -> str:
@@ -105,6 +109,15 @@ def random_encoder_bundle(bundle: EncoderBundle, seed: int = 0) -> EncoderBundle
     return dataclasses.replace(bundle, encoder=encoder)
 
 
+class ScanEmbedding(NamedTuple):
+    """One scan's read-outs: the (D,) mean-pooled embedding, and when asked (R, D) per-ROI embeddings and the
+    (R * (R - 1) / 2,) token-FC."""
+
+    pooled: np.ndarray
+    per_roi: np.ndarray | None = None
+    token_fc: np.ndarray | None = None
+
+
 def embed_scan(
     bundle: EncoderBundle,
     series: np.ndarray,
@@ -113,44 +126,63 @@ def embed_scan(
     per_roi: bool,
     batch_size: int,
     window_stride: float | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One scan (R, T) -> (D,) embedding and optionally (R, D) per-ROI embeddings (windows every
-    ``window_stride`` seconds; default: consecutive windows)."""
+    token_fc: bool = False,
+) -> ScanEmbedding:
+    """One scan (R, T) -> its mean-pooled embedding and optionally per-ROI embeddings and token-FC
+    (``brainjepa.learnability.token_correlation`` of each ROI's tokens over every window's time patches);
+    windows every ``window_stride`` seconds (default: consecutive windows)."""
     cfg = bundle.config
     windows = tiling_windows(series, tr, target_tr, cfg.frames, window_stride)
     tokens = bundle.embed(windows, pooling="none", batch_size=batch_size)  # (k, R*P, D), ROI-major
-    pooled = tokens.mean(axis=(0, 1))
-    rois = tokens.reshape(tokens.shape[0], cfg.n_rois, cfg.n_time_patches, -1).mean(axis=(0, 2)) if per_roi else None
-    return pooled.astype(np.float32), None if rois is None else rois.astype(np.float32)
+    by_roi = tokens.reshape(tokens.shape[0], cfg.n_rois, cfg.n_time_patches, -1)
+    rois = by_roi.mean(axis=(0, 2)).astype(np.float32) if per_roi else None
+    tfc = None
+    if token_fc:  # (R, k * P, D): every ROI's tokens over the windows' time patches
+        tfc = token_correlation(by_roi.transpose(1, 0, 2, 3).reshape(cfg.n_rois, -1, by_roi.shape[-1]))
+    return ScanEmbedding(
+        tokens.mean(axis=(0, 1)).astype(np.float32), rois, None if tfc is None else tfc.astype(np.float32)
+    )
 
 
 class ScanEmbedder:
     """Ray Data actor: a block of scans -> their embeddings (encoder loaded once per actor)."""
 
-    def __init__(self, bundle: EncoderBundle, target_tr: float, per_roi: bool, batch_size: int) -> None:
+    def __init__(
+        self, bundle: EncoderBundle, target_tr: float, per_roi: bool, batch_size: int, token_fc: bool = False
+    ) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         bundle.encoder.to(device)
         self.bundle, self.target_tr, self.per_roi, self.batch_size = bundle, target_tr, per_roi, batch_size
+        self.token_fc = token_fc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, dim, r = len(batch["scan_id"]), self.bundle.config.dim, self.bundle.config.n_rois
         pooled = np.zeros((n, dim), np.float32)
         rois = np.zeros((n, r * dim if self.per_roi else 0), np.float32)
+        tfc = np.zeros((n, r * (r - 1) // 2 if self.token_fc else 0), np.float32)
         errors = [""] * n
         for i in range(n):
             series = np.asarray(batch["series"][i], dtype=np.float32).reshape(int(batch["n_rois"][i]), -1)
             try:
-                emb, per_roi = embed_scan(
-                    self.bundle, series, float(batch["tr"][i]), self.target_tr, self.per_roi, self.batch_size
+                emb = embed_scan(
+                    self.bundle,
+                    series,
+                    float(batch["tr"][i]),
+                    self.target_tr,
+                    self.per_roi,
+                    self.batch_size,
+                    token_fc=self.token_fc,
                 )
             except ValueError as exc:
                 errors[i] = str(exc)
                 continue
-            pooled[i] = emb
-            if per_roi is not None:
-                rois[i] = per_roi.ravel()
+            pooled[i] = emb.pooled
+            if emb.per_roi is not None:
+                rois[i] = emb.per_roi.ravel()
+            if emb.token_fc is not None:
+                tfc[i] = emb.token_fc
         out = {k: v for k, v in batch.items() if k not in SERIES_COLUMNS}
-        out.update(embedding=pooled, per_roi=rois, error=np.array(errors, dtype=object))
+        out.update(embedding=pooled, per_roi=rois, token_fc=tfc, error=np.array(errors, dtype=object))
         return out
 
 
@@ -177,8 +209,10 @@ def embed_dataset(
     per_roi: bool = False,
     batch_size: int = 32,
     workers: int = 1,
+    token_fc: bool = False,
 ) -> Embeddings:
-    """Embed every scan of an ingested dataset; ``target_tr`` defaults to the model's pretraining TR."""
+    """Embed every scan of an ingested dataset; ``target_tr`` defaults to the model's pretraining TR.
+    ``token_fc``: also each scan's token-FC (R * (R - 1) / 2 values a scan: 101,025 at 450 ROIs)."""
     import ray
 
     manifest = read_manifest(dataset_uri)
@@ -190,7 +224,13 @@ def embed_dataset(
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     embedded = rows.map_batches(
         ScanEmbedder,
-        fn_constructor_kwargs={"bundle": bundle, "target_tr": target_tr, "per_roi": per_roi, "batch_size": batch_size},
+        fn_constructor_kwargs={
+            "bundle": bundle,
+            "target_tr": target_tr,
+            "per_roi": per_roi,
+            "batch_size": batch_size,
+            "token_fc": token_fc,
+        },
         batch_size=8,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
@@ -203,7 +243,7 @@ def embed_dataset(
             for df in embedded.iter_batches(batch_size=None, batch_format="pandas")
         ]
     )
-    return to_embeddings(table.to_pandas(), bundle, phenotype_columns, per_roi)
+    return to_embeddings(table.to_pandas(), bundle, phenotype_columns, per_roi, token_fc)
 
 
 def bundle_target_tr(bundle: EncoderBundle) -> float:
@@ -215,7 +255,7 @@ def bundle_target_tr(bundle: EncoderBundle) -> float:
 
 
 def to_embeddings(
-    frame: pd.DataFrame, bundle: EncoderBundle, phenotype_columns: list[str], per_roi: bool
+    frame: pd.DataFrame, bundle: EncoderBundle, phenotype_columns: list[str], per_roi: bool, token_fc: bool = False
 ) -> Embeddings:
     frame = frame.sort_values("scan_id", kind="stable").reset_index(drop=True)
     bad = frame["error"].astype(str) != ""
@@ -225,19 +265,24 @@ def to_embeddings(
     rois = None
     if per_roi and len(frame):
         rois = np.stack(frame["per_roi"].to_numpy()).reshape(len(frame), bundle.config.n_rois, bundle.config.dim)
+    tfc = None
+    if token_fc:
+        r = bundle.config.n_rois
+        tfc = np.stack(frame["token_fc"].to_numpy()) if len(frame) else np.zeros((0, r * (r - 1) // 2), np.float32)
     return Embeddings(
         scan_ids=frame["scan_id"].astype(str).tolist(),
         subjects=frame["subject"].astype(str).tolist(),
         features=features.astype(np.float32),
         phenotypes=frame[phenotype_columns].copy(),
         per_roi=rois,
+        token_fc=tfc,
         skipped=skipped,
         sessions=frame["session"].fillna("").astype(str).tolist() if "session" in frame else [""] * len(frame),
     )
 
 
 def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) -> str:
-    """``OUT/embeddings.parquet`` (scan ids, subjects, phenotypes, embedding[, per_roi]) and
+    """``OUT/embeddings.parquet`` (scan ids, subjects, phenotypes, embedding[, per_roi][, token_fc]) and
     ``OUT/embeddings.json`` (provenance, sizes, skipped scans), each written atomically."""
     columns: dict[str, Any] = {"scan_id": emb.scan_ids, "subject": emb.subjects}
     columns.update({c: emb.phenotypes[c].tolist() for c in emb.phenotypes.columns})
@@ -245,6 +290,8 @@ def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) 
     if emb.per_roi is not None:
         flat = emb.per_roi.reshape(len(emb.scan_ids), -1)
         columns["per_roi"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+    if emb.token_fc is not None:
+        columns["token_fc"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.token_fc.ravel()), emb.token_fc.shape[1])
     buf = io.BytesIO()
     pq.write_table(pa.table(columns), buf)
     out = resolve(out_uri)
@@ -256,6 +303,7 @@ def write_embeddings(emb: Embeddings, out_uri: str, provenance: dict[str, Any]) 
             "scans": len(emb.scan_ids),
             "dim": int(emb.features.shape[1]),
             "per_roi": emb.per_roi is not None,
+            "token_fc": emb.token_fc is not None,
             "skipped": emb.skipped,
         },
     )

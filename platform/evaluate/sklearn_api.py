@@ -197,7 +197,7 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
 
     def _embed(self, bundle: EncoderBundle, i: int, series: np.ndarray) -> np.ndarray:
         try:
-            pooled, per_roi = embed_scan(
+            emb = embed_scan(
                 bundle,
                 series,
                 float(self.t_r),
@@ -208,7 +208,7 @@ class JEPAEmbedding(TransformerMixin, BaseEstimator):
             )
         except ValueError as exc:  # e.g. a scan shorter than one window
             raise ValueError(f"X[{i}]: {exc}") from None
-        return pooled if per_roi is None else per_roi.ravel()
+        return emb.pooled if emb.per_roi is None else emb.per_roi.ravel()
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """``jepa0`` .. ``jepa{D-1}``, or ``<roi label>_jepa{k}`` (ROI-major) with ``pooling="roi"``."""

@@ -97,8 +97,19 @@ class ObjectiveConfig:
     seed: int = 0
     batch_size: int = 32
     """Windows per encoder forward pass when embedding the dataset."""
+    features: Literal["pooled", "token_fc"] = "pooled"
+    """fingerprint only: ``pooled`` (the mean-pooled embeddings) or ``token_fc`` (each scan's ROI x ROI
+    correlation of its time-centred tokens: the read-out that pretraining moves in docs/learning.md)."""
+    centring: Literal["none", "train"] = "none"
+    """fingerprint only: ``train`` subtracts the train subjects' mean feature vector before matching (what
+    every subject shares; inductive: nothing of the scored scans is used)."""
 
     def __post_init__(self) -> None:
+        if self.kind == "probe" and (self.features, self.centring) != ("pooled", "none"):
+            raise ConfigError(
+                f"objective.features={self.features!r}, objective.centring={self.centring!r} apply to "
+                "objective.kind=fingerprint; a probe uses the pooled embeddings (features: pooled, centring: none)"
+            )
         if self.kind == "fingerprint":
             allowed = list(FINGERPRINT_METRICS)
         else:

@@ -78,8 +78,14 @@ def pick_best(rows: list[TrialRow], mode: str) -> TrialRow | None:
 
 
 def objective_label(objective: ObjectiveConfig) -> str:
-    """The objective in tables and plots: ``val pearson_r (coupling)``, ``val identification (fingerprint)``."""
-    return f"val {objective.metric} ({'fingerprint' if objective.kind == 'fingerprint' else objective.target})"
+    """The objective in tables and plots: ``val pearson_r (coupling)``, ``val identification (fingerprint)``,
+    ``val i_diff (fingerprint, train-centred token_fc)``."""
+    if objective.kind != "fingerprint":
+        return f"val {objective.metric} ({objective.target})"
+    features = "" if objective.features == "pooled" else objective.features
+    if objective.centring == "train":
+        features = f"train-centred {features or 'pooled'}"
+    return f"val {objective.metric} (fingerprint{', ' + features if features else ''})"
 
 
 def format_table(rows: list[TrialRow], keys: list[str], label: str, best: TrialRow | None = None) -> str:

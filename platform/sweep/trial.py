@@ -129,7 +129,13 @@ def trial_objective(
     from brainjepa_platform.evaluate.embed import bundle_from_engine_state, embed_dataset
 
     bundle = bundle_from_engine_state(state, cfg.model, gradients, manifest)
-    emb = embed_dataset(bundle, cfg.data.dataset, target_tr=cfg.data.target_tr, batch_size=objective.batch_size)
+    emb = embed_dataset(
+        bundle,
+        cfg.data.dataset,
+        target_tr=cfg.data.target_tr,
+        batch_size=objective.batch_size,
+        token_fc=objective.features == "token_fc",
+    )
     if objective.kind == "fingerprint":
         return fingerprint_scores(emb, objective, cfg.data.dataset)
     return probe_scores(emb, objective)
@@ -179,10 +185,10 @@ def multi_session_rows(subjects: list[str], sessions: list[str], rows: np.ndarra
     return np.asarray([r for r in rows.tolist() if len(seen[subjects[r]]) >= 2], dtype=np.int64)
 
 
-def fingerprint_metrics(emb: Embeddings, rows: np.ndarray) -> dict[str, float]:
-    """Subject identification across sessions among ``rows`` (those of subjects with 2+ sessions there):
-    ``identification`` accuracy, ``i_diff``, ``chance`` (1 / subjects) and ``subjects``; NaN scores when
-    fewer than two subjects qualify. Sessions are the scans' session labels, numbered."""
+def fingerprint_metrics(emb: Embeddings, features: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """Subject identification across sessions by ``features`` (one row per scan of ``emb``) among ``rows`` (those
+    of subjects with 2+ sessions there): ``identification`` accuracy, ``i_diff``, ``chance`` (1 / subjects) and
+    ``subjects``; NaN scores when fewer than two subjects qualify. Sessions are the scans' session labels, numbered."""
     from brainjepa.fingerprint import differential_identifiability, identification_accuracy
 
     keep = multi_session_rows(emb.subjects, emb.sessions, rows)
@@ -191,7 +197,7 @@ def fingerprint_metrics(emb: Embeddings, rows: np.ndarray) -> dict[str, float]:
     if n < 2:
         return {"identification": math.nan, "i_diff": math.nan, "chance": math.nan, "subjects": float(n)}
     _, session = np.unique(np.asarray(emb.sessions, dtype=object)[keep].astype(str), return_inverse=True)
-    x = emb.features[keep]
+    x = features[keep]
     return {
         "identification": identification_accuracy(x, subjects, session),
         "i_diff": differential_identifiability(x, subjects, session),
@@ -200,15 +206,29 @@ def fingerprint_metrics(emb: Embeddings, rows: np.ndarray) -> dict[str, float]:
     }
 
 
+def fingerprint_features(emb: Embeddings, objective: ObjectiveConfig, train_rows: np.ndarray) -> np.ndarray:
+    """The features ``objective`` fingerprints by: pooled embeddings or token-FC, minus the mean of the
+    ``train_rows`` scans with ``centring: train``."""
+    if objective.features == "token_fc":
+        if emb.token_fc is None:
+            raise ValueError("objective.features=token_fc: embed the dataset with embed_dataset(..., token_fc=True)")
+        x = emb.token_fc
+    else:
+        x = emb.features
+    return x - x[train_rows].mean(axis=0) if objective.centring == "train" else x
+
+
 def fingerprint_scores(emb: Embeddings, objective: ObjectiveConfig, dataset: str) -> dict[str, Any]:
     """Subject fingerprinting of the validation subjects of a subject split (the objective), and of the test
-    subjects (for information); subjects with scans from fewer than two sessions are left out."""
+    subjects (for information), by ``objective.features`` (centred on the train subjects' mean with
+    ``objective.centring: train``); subjects with scans from fewer than two sessions are left out."""
     from brainjepa_platform.evaluate.splits import subject_split
 
     if len(emb.sessions) != len(emb.subjects):
         raise ValueError(f"embeddings of {dataset} carry no session labels: embed it with embed_dataset")
     split = subject_split(emb.subjects, objective.seed, objective.fractions)
-    val, test = fingerprint_metrics(emb, split.val), fingerprint_metrics(emb, split.test)
+    x = fingerprint_features(emb, objective, split.train)
+    val, test = fingerprint_metrics(emb, x, split.val), fingerprint_metrics(emb, x, split.test)
     if val["subjects"] < 2:
         n_val = len({emb.subjects[r] for r in split.val.tolist()})
         raise ValueError(
