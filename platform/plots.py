@@ -167,3 +167,23 @@ def plot_evaluation(last: dict, task: str, target: str, path: str | Path) -> Pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_fingerprint(summary: dict[str, dict[str, tuple[float, float]]], n_subjects: int, path: str | Path) -> Path:
+    """Identification accuracy and I_diff of each feature set (``<family> <features>``) as bars (mean +- sd: the
+    random draws' spread), one colour per family, chance marked on the accuracy panel."""
+    fig = _figure(figsize=(8, 3.8))
+    names = list(summary)
+    for ax, metric in zip(fig.subplots(1, 2), ("identification", "i_diff")):
+        means = [summary[n][metric][0] for n in names]
+        sds = [summary[n][metric][1] for n in names]
+        colours = [MASK_COLOURS[1 + sorted({n.split()[0] for n in names}).index(n.split()[0]) % 5] for n in names]
+        ax.barh(np.arange(len(names)), means, xerr=sds, color=colours)  # one colour per encoder family
+        ax.set_yticks(np.arange(len(names)), names if metric == "identification" else [""] * len(names), fontsize=8)
+        ax.invert_yaxis()
+        if metric == "identification":
+            ax.axvline(1 / n_subjects, color="grey", lw=0.8, ls="--", label=f"chance (1/{n_subjects})")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_title("identification accuracy" if metric == "identification" else "differential identifiability")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -286,6 +286,7 @@ def test_every_command_prints_its_resolved_config(capsys) -> None:
         ("synth", "--out", "x", "--format", "parquet"): {"format": "parquet", "rois": 24},
         ("dataset", "info", "uri"): {"uri": "uri", "json": False},
         ("evaluate", "--data", "d", "--target", "age", "finetune.epochs=2"): {"target": "age", "seeds": 5},
+        ("fingerprint", "--data", "d", "--random-draws", "2"): {"random_draws": 2, "centring": "cohort"},
         ("import-checkpoint", "c.pth", "--gradients", "g.csv", "--tr", "2"): {"tr": 2.0, "checkpoint": "c.pth"},
         ("pretrain-local", "--steps", "3"): {"steps": 3, "out": "local-output"},
         ("pretrain", "data.dataset=d"): {"data": {"dataset": "d"}},

@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from brainjepa.fingerprint import differential_identifiability, identification_accuracy
 from brainjepa.learnability import token_correlation
 from brainjepa.model import BrainEncoder, ModelConfig
 from brainjepa.preprocess import tiling_windows
@@ -19,6 +20,7 @@ from brainjepa_platform.data.ingestion import shard_locations
 from brainjepa_platform.data.manifest import read_manifest
 from brainjepa_platform.data.synth import SynthOptions, write_parquet
 from brainjepa_platform.evaluate.embed import embed_dataset, random_encoder_bundle, read_embeddings
+from brainjepa_platform.evaluate.fingerprint import FingerprintConfig, run_fingerprint
 from brainjepa_platform.evaluate.probe import linear_probe
 from brainjepa_platform.evaluate.run import FC, MODEL, RANDOM
 from brainjepa_platform.evaluate.splits import subject_split
@@ -196,3 +198,54 @@ def test_evaluate_unknown_target_names_the_columns(cohort, registered, tmp_path,
     assert code == 2
     err = capsys.readouterr().err
     assert "'iq' is not a phenotype column" in err and "coupling" in err
+
+
+def test_fingerprint_cli_compares_model_random_draws_and_fc(registered, tmp_path) -> None:
+    """``brainjepa fingerprint`` on a 2-session cohort: every feature set's scores equal identification / I_diff
+    computed by hand on cohort-centred features (model and seed-0/1 random encoders: pooled and token-FC; FC),
+    logged to MLflow; a cohort with one session per subject is refused with the fix."""
+    data = str(tmp_path / "sessions")
+    write_parquet(data, SynthOptions(subjects=6, rois=24, frames=(100, 120), seed=3, scans_per_subject=2))
+    mlflow.set_tracking_uri(registered)
+    out, logged = tmp_path / "fp", f"sqlite:///{tmp_path / 'fp.db'}"
+    model = "models:/eval-encoder@current"
+    args = ["fingerprint", "--model", model, "--data", data, "--random-draws", "2", "--out", str(out)]
+    assert main([*args, f"tracking_uri={logged}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["scans"], results["subjects"]) == (12, 6) and (out / "fingerprint.png").stat().st_size > 0
+
+    bundle = load_encoder(model)
+    emb = embed_dataset(bundle, data, token_fc=True)
+    session = np.asarray([int(s) for s in emb.sessions])
+    subjects = np.asarray(emb.subjects)
+    series = all_series(data)
+    fc = np.stack([np.arctanh(np.corrcoef(series[s])[np.triu_indices(24, k=1)]) for s in emb.scan_ids])
+
+    def by_hand(x: np.ndarray) -> list[float]:
+        x = x - x.mean(axis=0)
+        return [identification_accuracy(x, subjects, session), differential_identifiability(x, subjects, session)]
+
+    draws = [embed_dataset(random_encoder_bundle(bundle, seed=d), data, token_fc=True) for d in range(2)]
+    expected = {
+        "brain-jepa pooled": [by_hand(emb.features)],
+        "brain-jepa token-FC": [by_hand(emb.token_fc)],
+        "random-encoder pooled": [by_hand(d.features) for d in draws],
+        "random-encoder token-FC": [by_hand(d.token_fc) for d in draws],
+        "fc-baseline": [by_hand(fc)],
+    }
+    for name, values in expected.items():
+        reported = results["scores"][name]
+        assert reported["identification"] == pytest.approx([v[0] for v in values], abs=1e-9), name
+        assert reported["i_diff"] == pytest.approx([v[1] for v in values], abs=1e-5), name
+    assert expected["random-encoder token-FC"][0] != expected["random-encoder token-FC"][1]  # two draws
+    lead = results["model_vs_random"]["token-FC i_diff"]
+    mean_draws = np.mean([v[1] for v in expected["random-encoder token-FC"]])
+    assert lead["difference"] == pytest.approx(expected["brain-jepa token-FC"][0][1] - mean_draws, abs=1e-5)
+    client = MlflowClient(logged)
+    run = client.search_runs([client.get_experiment_by_name("brainjepa-evaluate").experiment_id])[0]
+    assert {"brain-jepa token-FC.i_diff.mean", "random-encoder pooled.identification.std"} <= set(run.data.metrics)
+
+    single = str(tmp_path / "one-session")
+    write_parquet(single, SynthOptions(subjects=4, rois=24, frames=(100, 120), seed=4))
+    with pytest.raises(ValueError, match=r"one-session: 1 subject\(s\) have scans from 2\+ sessions, 2 are needed"):
+        run_fingerprint(FingerprintConfig(data=single, random_draws=1, out=str(tmp_path / "x")), bundle)

@@ -89,7 +89,8 @@ def check_sweep(args: argparse.Namespace) -> None:
 
 
 def check_model_data(args: argparse.Namespace) -> None:
-    """embed / evaluate: the dataset exists, has the target, and the model is the name pretraining registers."""
+    """embed / evaluate / fingerprint: the dataset exists, has the target, and the model is the name pretraining
+    registers."""
     from brainjepa_platform.cli.options import given_flags
     from brainjepa_platform.data.manifest import read_manifest
     from brainjepa_platform.tracking.names import encoder_model_name
@@ -115,6 +116,7 @@ DRY_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sweep": check_sweep,
     "embed": check_model_data,
     "evaluate": check_model_data,
+    "fingerprint": check_model_data,
     "pretrain-local": check_pretrain_local,
 }
 
@@ -142,6 +144,7 @@ def test_readme_marks_its_blocks() -> None:
         "sweep",
         "evaluate",
         "embed",
+        "fingerprint",
         "masks",
         "bench",
         "pretrain-local",

@@ -1,4 +1,5 @@
-"""``brainjepa embed`` and ``brainjepa evaluate``: a registered encoder on an ingested cohort."""
+"""``brainjepa embed``, ``brainjepa evaluate`` and ``brainjepa fingerprint``: a registered encoder on an ingested
+cohort."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from brainjepa_platform.cli.options import add_command, shortcut
 
 if TYPE_CHECKING:
     from brainjepa_platform.cli.commands import EmbedOptions
+    from brainjepa_platform.evaluate.fingerprint import FingerprintConfig
     from brainjepa_platform.evaluate.run import EvaluateConfig
 
 MODEL_DEFAULT = "models:/brainjepa-encoder-<atlas>-<n_rois>@current of the dataset's atlas"
@@ -79,8 +81,40 @@ def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fingerprint(cfg: FingerprintConfig, args: argparse.Namespace) -> int:
+    import mlflow
+
+    from brainjepa.config import to_dict
+    from brainjepa_platform.cluster.connect import init_ray
+    from brainjepa_platform.evaluate.embed import default_model_uri
+    from brainjepa_platform.evaluate.fingerprint import run_fingerprint
+    from brainjepa_platform.evaluate.run import log_summary_run
+    from brainjepa_platform.tracking.registry import load_encoder, resolve_model_uri
+    from brainjepa_platform.tracking.store import check_tracking_uri, default_tracking_uri
+
+    cfg.model = cfg.model or default_model_uri(cfg.data)
+    tracking_uri = cfg.tracking_uri or default_tracking_uri()
+    for uri in {mlflow.get_tracking_uri(), tracking_uri}:  # load, log
+        check_tracking_uri(uri)
+    bundle = load_encoder(cfg.model)  # before Ray starts
+    init_ray()
+    result = run_fingerprint(cfg, bundle)
+    run_id = log_summary_run(
+        to_dict(cfg), cfg.experiment, f"fingerprint-{cfg.centring}", result.summary(), result.files, tracking_uri
+    )
+    print(
+        f"Fingerprinting {result.n_subjects} subjects across sessions ({result.n_scans} scans, chance "
+        f"{1 / result.n_subjects:.3f}, centring {cfg.centring}, {cfg.random_draws} random draws); "
+        f"model {resolve_model_uri(cfg.model)}"
+    )
+    print(result.format_table())
+    print(f"results: {result.files['results']}; plot: {result.files['plot']}; MLflow run {run_id}")
+    return 0
+
+
 def model_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of the encoder and how series are fed to it, shared by ``embed`` and ``evaluate``."""
+    """The flags of the encoder and how series are fed to it, shared by ``embed``, ``evaluate`` and
+    ``fingerprint``."""
     shortcut(p, "--model", key="model", help="MLflow model URI", default_help=MODEL_DEFAULT)
     shortcut(
         p,
@@ -145,4 +179,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         default_help="random subject-level splits per seed",
     )
     shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (and Ray Train workers when fine-tuning)")
+    shortcut(p, "--out", key="out", help="folder for table.txt, results.json and the plot")
+
+    p = add_command(
+        sub,
+        "fingerprint",
+        "brainjepa_platform.evaluate.fingerprint:FingerprintConfig",
+        cmd_fingerprint,
+        help="subject fingerprinting across sessions: a registered encoder vs random encoders and FC",
+    )
+    model_flags(p)
+    shortcut(p, "--data", key="data", help="ingested dataset URI with several sessions per subject")
+    shortcut(
+        p,
+        "--centring",
+        key="centring",
+        choices=["cohort", "none"],
+        help="subtract the cohort's mean feature vector before matching, or not",
+    )
+    shortcut(p, "--random-draws", key="random_draws", type=int, help="randomly initialised encoders to compare with")
+    shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (one GPU each on a GPU cluster)")
     shortcut(p, "--out", key="out", help="folder for table.txt, results.json and the plot")

@@ -204,21 +204,40 @@ def finetune_comparison(
 def log_evaluation(evaluation: Evaluation, cfg: EvaluateConfig, tracking_uri: str) -> str:
     """One MLflow run in ``tracking_uri``: params, mean/std metric per feature set, the table, JSON and plot as
     artifacts (MLflow's process-wide tracking URI is left as it was)."""
+    return log_summary_run(
+        to_dict(cfg),
+        cfg.experiment,
+        f"evaluate-{cfg.target}-{cfg.mode}",
+        evaluation.comparison.summary(),
+        evaluation.files,
+        tracking_uri,
+    )
+
+
+def log_summary_run(
+    params: dict[str, Any],
+    experiment: str,
+    run_name: str,
+    summary: dict[str, dict[str, tuple[float, float]]],
+    files: dict[str, str],
+    tracking_uri: str,
+) -> str:
+    """One MLflow run: ``params``, ``<features>.<metric>.mean`` / ``.std`` of ``summary`` (finite ones) and
+    ``files`` as artifacts under ``evaluation/``; returns the run id."""
     import mlflow
 
     from brainjepa_platform.tracking.params import log_params
     from brainjepa_platform.tracking.store import ensure_experiment
     from brainjepa_platform.tracking.uri import using_tracking_uri
 
-    experiment_id = ensure_experiment(cfg.experiment, tracking_uri)
-    run_name = f"evaluate-{cfg.target}-{cfg.mode}"
+    experiment_id = ensure_experiment(experiment, tracking_uri)
     with using_tracking_uri(tracking_uri), mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        log_params(to_dict(cfg))
+        log_params(params)
         metrics = {}
-        for name, per_metric in evaluation.comparison.summary().items():
+        for name, per_metric in summary.items():
             for metric, (mean, std) in per_metric.items():
                 metrics[f"{name}.{metric}.mean"], metrics[f"{name}.{metric}.std"] = mean, std
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        for path in evaluation.files.values():
+        for path in files.values():
             mlflow.log_artifact(path, artifact_path="evaluation")
         return run.info.run_id

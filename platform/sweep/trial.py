@@ -177,35 +177,6 @@ def probe_scores(emb: Embeddings, objective: ObjectiveConfig) -> dict[str, Any]:
     }
 
 
-def multi_session_rows(subjects: list[str], sessions: list[str], rows: np.ndarray) -> np.ndarray:
-    """The ``rows`` whose subject has, among ``rows``, scans from at least two distinct sessions."""
-    seen: dict[str, set[str]] = {}
-    for r in rows.tolist():
-        seen.setdefault(subjects[r], set()).add(sessions[r])
-    return np.asarray([r for r in rows.tolist() if len(seen[subjects[r]]) >= 2], dtype=np.int64)
-
-
-def fingerprint_metrics(emb: Embeddings, features: np.ndarray, rows: np.ndarray) -> dict[str, float]:
-    """Subject identification across sessions by ``features`` (one row per scan of ``emb``) among ``rows`` (those
-    of subjects with 2+ sessions there): ``identification`` accuracy, ``i_diff``, ``chance`` (1 / subjects) and
-    ``subjects``; NaN scores when fewer than two subjects qualify. Sessions are the scans' session labels, numbered."""
-    from brainjepa.fingerprint import differential_identifiability, identification_accuracy
-
-    keep = multi_session_rows(emb.subjects, emb.sessions, rows)
-    subjects = np.asarray(emb.subjects, dtype=object)[keep]
-    n = len(set(subjects.tolist()))
-    if n < 2:
-        return {"identification": math.nan, "i_diff": math.nan, "chance": math.nan, "subjects": float(n)}
-    _, session = np.unique(np.asarray(emb.sessions, dtype=object)[keep].astype(str), return_inverse=True)
-    x = features[keep]
-    return {
-        "identification": identification_accuracy(x, subjects, session),
-        "i_diff": differential_identifiability(x, subjects, session),
-        "chance": 1.0 / n,
-        "subjects": float(n),
-    }
-
-
 def fingerprint_features(emb: Embeddings, objective: ObjectiveConfig, train_rows: np.ndarray) -> np.ndarray:
     """The features ``objective`` fingerprints by: pooled embeddings or token-FC, minus the mean of the
     ``train_rows`` scans with ``centring: train``."""
@@ -222,6 +193,7 @@ def fingerprint_scores(emb: Embeddings, objective: ObjectiveConfig, dataset: str
     """Subject fingerprinting of the validation subjects of a subject split (the objective), and of the test
     subjects (for information), by ``objective.features`` (centred on the train subjects' mean with
     ``objective.centring: train``); subjects with scans from fewer than two sessions are left out."""
+    from brainjepa_platform.evaluate.fingerprint import fingerprint_metrics
     from brainjepa_platform.evaluate.splits import subject_split
 
     if len(emb.sessions) != len(emb.subjects):
