@@ -82,6 +82,7 @@ def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(cfg: FingerprintConfig, args: argparse.Namespace) -> int:
+    """Load the model, fingerprint the cohort with it, random draws and FC, log the run, print the table."""
     import mlflow
 
     from brainjepa.config import to_dict
@@ -195,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--centring",
         key="centring",
         choices=["cohort", "none"],
-        help="subtract the cohort's mean feature vector before matching, or not",
+        help="subtract the scored scans' mean feature vector before matching, or not",
     )
     shortcut(p, "--random-draws", key="random_draws", type=int, help="randomly initialised encoders to compare with")
     shortcut(p, "--workers", key="workers", type=int, help="Ray Data actors (one GPU each on a GPU cluster)")

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         cmd_sweep,
         load=load,
         help="Ray Tune sweep over pretraining settings (masking ratios, gradients, lr), scored by a linear "
-        "probe, tracked in MLflow",
+        "probe or subject fingerprinting, tracked in MLflow",
         config_default="sweep/masking",
         overrides_help="config overrides, e.g. pretrain.data.dataset=s3://bucket/cohort search=random "
         "num_samples=8 scheduler.kind=asha objective.target=age",

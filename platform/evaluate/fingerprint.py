@@ -3,9 +3,9 @@ randomly initialised one and than FC?
 
 Every scan of an ingested cohort with several sessions per subject is embedded by the model and by
 ``random_draws`` randomly initialised encoders of the same architecture, gradients and scaling; each scan is
-matched by Pearson correlation to the other sessions' scans (``brainjepa.fingerprint``) on four feature
-sets per encoder family (the mean-pooled embedding and token-FC, the ROI x ROI correlation of the tokens)
-and on FC. Features are centred on the cohort's mean first (``centring: cohort``, the default: what every
+matched by Pearson correlation to the other sessions' scans (``brainjepa.fingerprint``) on two feature
+sets per encoder (the mean-pooled embedding and token-FC, the ROI x ROI correlation of the tokens) and on
+FC. Features are centred on the scored scans' mean first (``centring: cohort``, the default: what every
 subject shares is removed; docs/learning.md finds token-FC identity there) or used as they are. One draw of
 random weights is a noisy control (docs/learning.md), so the random encoder is reported as mean +- sd of
 its draws and the model's distance from it in draws' sd.
@@ -24,6 +24,7 @@ import numpy as np
 from brainjepa.config import ConfigError, to_dict
 from brainjepa_platform.evaluate.embed import Embeddings, embed_dataset, random_encoder_bundle
 from brainjepa_platform.tracking.bundle import EncoderBundle
+from brainjepa_platform.tracking.params import redact
 
 MODEL, RANDOM, FC = "brain-jepa", "random-encoder", "fc-baseline"
 POOLED, TOKEN_FC = "pooled", "token-FC"
@@ -39,7 +40,8 @@ class FingerprintConfig:
     data: str = ""
     """URI of an ingested dataset with several sessions per subject (its ``session`` column)."""
     centring: Literal["cohort", "none"] = "cohort"
-    """cohort: every feature vector minus the scored scans' mean; none: as they are."""
+    """cohort: every feature vector minus the mean of the scored scans (those of subjects with 2+ sessions);
+    none: as they are."""
     random_draws: int = 5
     """Randomly initialised encoders (seeds 0 .. random_draws - 1) to compare with."""
     scaling: Literal["dataset", "model"] = "dataset"
@@ -69,14 +71,15 @@ class FingerprintResult:
     files: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """``name -> metric -> (mean, sd)``; sd is 0 for a single value."""
+        """``name -> metric -> (mean, sd)``; sd is 0 for a single value (the model, FC, or one random draw)."""
         return {
             name: {m: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for m, v in per.items()}
             for name, per in self.scores.items()
         }
 
     def model_vs_random(self) -> dict[str, dict[str, float]]:
-        """Per features and metric: model minus the random draws' mean, and that in draws' sd (NaN for one draw)."""
+        """Per features and metric: model minus the random draws' mean, and that in draws' sd (NaN for one draw
+        or draws that agree)."""
         out: dict[str, dict[str, float]] = {}
         summary = self.summary()
         for features in (POOLED, TOKEN_FC):
@@ -95,14 +98,17 @@ class FingerprintResult:
             [name, *(f"{a:.{digits}f} ± {s:.{digits}f}" for a, s in (per[m] for m in METRICS))]
             for name, per in self.summary().items()
         ]
+        draws = len(self.scores[f"{RANDOM} {POOLED}"]["i_diff"])
+        spread = "one draw has no spread" if draws == 1 else "the draws do not vary"
         lead = [
             f"model - random draws, {key}: {v['difference']:+.{digits}f} ("
-            + (f"{v['in_sd']:+.1f} sd of the draws)" if math.isfinite(v["in_sd"]) else "the draws do not vary)")
+            + (f"{v['in_sd']:+.1f} sd of the draws)" if math.isfinite(v["in_sd"]) else f"{spread})")
             for key, v in self.model_vs_random().items()
         ]
         return "\n".join([format_table(["features", *METRICS], rows), *lead])
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict: sizes, every score, the summary and the model's lead (a NaN lead as null)."""
         return {
             "scans": self.n_scans,
             "subjects": self.n_subjects,
@@ -144,7 +150,9 @@ def fingerprint_metrics(emb: Embeddings, features: np.ndarray, rows: np.ndarray)
     }
 
 
-def score_features(emb: Embeddings, features: np.ndarray, rows: np.ndarray, centring: str) -> dict[str, float]:
+def score_features(
+    emb: Embeddings, features: np.ndarray, rows: np.ndarray, centring: Literal["cohort", "none"]
+) -> dict[str, float]:
     """:func:`fingerprint_metrics` of ``features`` among ``rows``, minus the mean of those rows with ``cohort``."""
     x = features - features[rows].mean(axis=0) if centring == "cohort" else features
     scores = fingerprint_metrics(emb, x, rows)
@@ -197,7 +205,7 @@ def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> Fingerprin
         "plot": str(out / "fingerprint.png"),
     }
     Path(result.files["table"]).write_text(result.format_table() + "\n")
-    body = {"config": to_dict(cfg), **result.to_json(), "skipped_scans": emb.skipped}
+    body = {"config": redact(to_dict(cfg)), **result.to_json(), "skipped_scans": emb.skipped}
     Path(result.files["results"]).write_text(json.dumps(body, indent=2))
     plot_fingerprint(result.summary(), n_subjects, result.files["plot"])
     return result

@@ -33,6 +33,7 @@ from brainjepa_platform.evaluate.embed import (
 )
 from brainjepa_platform.evaluate.probe import ComparisonResult, compare_features, fc_features, infer_task
 from brainjepa_platform.tracking.bundle import EncoderBundle
+from brainjepa_platform.tracking.params import redact
 
 MODEL, RANDOM, FC = "brain-jepa", "random-encoder", "fc-baseline"
 
@@ -156,7 +157,7 @@ def run_evaluation(cfg: EvaluateConfig, bundle: EncoderBundle) -> Evaluation:
     }
     Path(files["table"]).write_text(comparison.format_table() + "\n")
     result_json = {
-        "config": to_dict(cfg),
+        "config": redact(to_dict(cfg)),
         "target": cfg.target,
         "n_scans": len(scan_ids),
         "dropped_missing_target": int((~keep).sum()),

@@ -105,6 +105,11 @@ class ObjectiveConfig:
     every subject shares; inductive: nothing of the scored scans is used)."""
 
     def __post_init__(self) -> None:
+        if self.features not in ("pooled", "token_fc") or self.centring not in ("none", "train"):
+            raise ConfigError(
+                f"objective.features={self.features!r}, objective.centring={self.centring!r}: expected features "
+                "pooled or token_fc, centring none or train"
+            )
         if self.kind == "probe" and (self.features, self.centring) != ("pooled", "none"):
             raise ConfigError(
                 f"objective.features={self.features!r}, objective.centring={self.centring!r} apply to "

@@ -179,7 +179,7 @@ def probe_scores(emb: Embeddings, objective: ObjectiveConfig) -> dict[str, Any]:
 
 def fingerprint_features(emb: Embeddings, objective: ObjectiveConfig, train_rows: np.ndarray) -> np.ndarray:
     """The features ``objective`` fingerprints by: pooled embeddings or token-FC, minus the mean of the
-    ``train_rows`` scans with ``centring: train``."""
+    ``train_rows`` scans with ``centring: train`` (``ObjectiveConfig`` checks both values)."""
     if objective.features == "token_fc":
         if emb.token_fc is None:
             raise ValueError("objective.features=token_fc: embed the dataset with embed_dataset(..., token_fc=True)")
