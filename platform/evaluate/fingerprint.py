@@ -159,6 +159,26 @@ def score_features(
     return {m: scores[m] for m in METRICS}
 
 
+def embed_with_token_fc(cfg: FingerprintConfig, bundle: EncoderBundle) -> Embeddings:
+    """``cfg.data`` embedded by ``bundle`` with token-FC, as ``cfg`` says (TR, scaling, batch size, actors)."""
+    return embed_dataset(
+        bundle,
+        cfg.data,
+        target_tr=cfg.target_tr or None,
+        scaling=cfg.scaling,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        token_fc=True,
+    )
+
+
+def token_fc_of(emb: Embeddings) -> np.ndarray:
+    """``emb.token_fc``, which the fingerprint command always asks for."""
+    if emb.token_fc is None:
+        raise RuntimeError("embeddings without token-FC: embed with token_fc=True")
+    return emb.token_fc
+
+
 def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> FingerprintResult:
     """Embed with the model and the random draws, score every feature set; write table, JSON and plot."""
     from brainjepa_platform.evaluate.run import fc_dataset
@@ -166,14 +186,7 @@ def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> Fingerprin
 
     if not cfg.data:
         raise ValueError("fingerprint needs a dataset with several sessions per subject (--data URI)")
-    embed = {
-        "target_tr": cfg.target_tr or None,
-        "scaling": cfg.scaling,
-        "batch_size": cfg.batch_size,
-        "workers": cfg.workers,
-        "token_fc": True,
-    }
-    emb = embed_dataset(bundle, cfg.data, **embed)
+    emb = embed_with_token_fc(cfg, bundle)
     rows = multi_session_rows(emb.subjects, emb.sessions, np.arange(len(emb.scan_ids)))
     n_subjects = len({emb.subjects[r] for r in rows.tolist()})
     if n_subjects < 2:
@@ -188,13 +201,13 @@ def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> Fingerprin
             scores.setdefault(name, {}).setdefault(metric, []).append(value)
 
     add(f"{MODEL} {POOLED}", emb.features)
-    add(f"{MODEL} {TOKEN_FC}", emb.token_fc)
+    add(f"{MODEL} {TOKEN_FC}", token_fc_of(emb))
     for draw in range(cfg.random_draws):
-        random_emb = embed_dataset(random_encoder_bundle(bundle, seed=draw), cfg.data, **embed)
+        random_emb = embed_with_token_fc(cfg, random_encoder_bundle(bundle, seed=draw))
         if random_emb.scan_ids != emb.scan_ids:
             raise RuntimeError("the random encoder embedded other scans than the model")  # same windows: a bug
         add(f"{RANDOM} {POOLED}", random_emb.features)
-        add(f"{RANDOM} {TOKEN_FC}", random_emb.token_fc)
+        add(f"{RANDOM} {TOKEN_FC}", token_fc_of(random_emb))
     add(FC, fc_dataset(cfg.data, emb.scan_ids))
     result = FingerprintResult(scores, len(rows), n_subjects)
     out = Path(cfg.out)

@@ -82,7 +82,7 @@ def objective_label(objective: ObjectiveConfig) -> str:
     ``val i_diff (fingerprint, train-centred token_fc)``."""
     if objective.kind != "fingerprint":
         return f"val {objective.metric} ({objective.target})"
-    features = "" if objective.features == "pooled" else objective.features
+    features: str = "" if objective.features == "pooled" else objective.features
     if objective.centring == "train":
         features = f"train-centred {features or 'pooled'}"
     return f"val {objective.metric} (fingerprint{', ' + features if features else ''})"
