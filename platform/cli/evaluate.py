@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from brainjepa_platform.cli.commands import EmbedOptions
     from brainjepa_platform.evaluate.fingerprint import FingerprintConfig
     from brainjepa_platform.evaluate.run import EvaluateConfig
+    from brainjepa_platform.tracking.bundle import EncoderBundle
 
 MODEL_DEFAULT = "models:/brainjepa-encoder-<atlas>-<n_rois>@current of the dataset's atlas"
 """What an empty ``model`` stands for."""
@@ -54,22 +55,33 @@ def cmd_embed(opts: EmbedOptions, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
+def load_model_and_start_ray(cfg: EvaluateConfig | FingerprintConfig) -> tuple[EncoderBundle, str]:
+    """``evaluate`` / ``fingerprint``: fill in the default model, check the tracking URIs it loads from and logs
+    to, load the encoder (a model the registry does not know fails here, before Ray starts), start Ray; returns
+    the encoder and the tracking URI to log to."""
     import mlflow
 
-    from brainjepa_platform.cluster.connect import init_ray, run_interruptible
+    from brainjepa_platform.cluster.connect import init_ray
     from brainjepa_platform.evaluate.embed import default_model_uri
-    from brainjepa_platform.evaluate.run import log_evaluation, run_evaluation
-    from brainjepa_platform.tracking.registry import load_encoder, resolve_model_uri
+    from brainjepa_platform.tracking.registry import load_encoder
     from brainjepa_platform.tracking.store import check_tracking_uri, default_tracking_uri
 
     cfg.model = cfg.model or default_model_uri(cfg.data)
-    for uri in {mlflow.get_tracking_uri(), cfg.tracking_uri or default_tracking_uri()}:  # load, log
-        check_tracking_uri(uri)
-    bundle = load_encoder(cfg.model)  # before Ray starts
-    init_ray()
-    evaluation = run_interruptible(run_evaluation, cfg, bundle)  # Ctrl-C reaches this command (fine-tuning)
     tracking_uri = cfg.tracking_uri or default_tracking_uri()
+    for uri in {mlflow.get_tracking_uri(), tracking_uri}:  # load, log
+        check_tracking_uri(uri)
+    bundle = load_encoder(cfg.model)
+    init_ray()
+    return bundle, tracking_uri
+
+
+def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
+    from brainjepa_platform.cluster.connect import run_interruptible
+    from brainjepa_platform.evaluate.run import log_evaluation, run_evaluation
+    from brainjepa_platform.tracking.registry import resolve_model_uri
+
+    bundle, tracking_uri = load_model_and_start_ray(cfg)
+    evaluation = run_interruptible(run_evaluation, cfg, bundle)  # Ctrl-C reaches this command (fine-tuning)
     run_id = log_evaluation(evaluation, cfg, tracking_uri)
     print(
         f"{cfg.target} ({evaluation.comparison.task}, {cfg.mode}, {cfg.seeds} seeds, {evaluation.n_scans} scans"
@@ -83,22 +95,12 @@ def cmd_evaluate(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
 
 def cmd_fingerprint(cfg: FingerprintConfig, args: argparse.Namespace) -> int:
     """Load the model, fingerprint the cohort with it, random draws and FC, log the run, print the table."""
-    import mlflow
-
     from brainjepa.config import to_dict
-    from brainjepa_platform.cluster.connect import init_ray
-    from brainjepa_platform.evaluate.embed import default_model_uri
     from brainjepa_platform.evaluate.fingerprint import run_fingerprint
     from brainjepa_platform.evaluate.run import log_summary_run
-    from brainjepa_platform.tracking.registry import load_encoder, resolve_model_uri
-    from brainjepa_platform.tracking.store import check_tracking_uri, default_tracking_uri
+    from brainjepa_platform.tracking.registry import resolve_model_uri
 
-    cfg.model = cfg.model or default_model_uri(cfg.data)
-    tracking_uri = cfg.tracking_uri or default_tracking_uri()
-    for uri in {mlflow.get_tracking_uri(), tracking_uri}:  # load, log
-        check_tracking_uri(uri)
-    bundle = load_encoder(cfg.model)  # before Ray starts
-    init_ray()
+    bundle, tracking_uri = load_model_and_start_ray(cfg)
     result = run_fingerprint(cfg, bundle)
     run_id = log_summary_run(
         to_dict(cfg), cfg.experiment, f"fingerprint-{cfg.centring}", result.summary(), result.files, tracking_uri

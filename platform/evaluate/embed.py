@@ -53,6 +53,12 @@ class Embeddings:
     token_fc: np.ndarray | None = None
     """(n_scans, R * (R - 1) / 2) token-FC (upper triangle, row-major) when asked for."""
 
+    def require_token_fc(self, needed_by: str) -> np.ndarray:
+        """``token_fc``, or a ValueError saying that ``needed_by`` needs the dataset embedded with it."""
+        if self.token_fc is None:
+            raise ValueError(f"{needed_by}: embed the dataset with embed_dataset(..., token_fc=True)")
+        return self.token_fc
+
 
 def default_model_uri(dataset_uri: str, alias: str = DEFAULT_ALIAS) -> str:
     """The encoder registered for a dataset's atlas: ``models:/brainjepa-encoder-<atlas>-<n_rois>@<alias>``."""

@@ -23,10 +23,10 @@ import numpy as np
 
 from brainjepa.config import ConfigError, to_dict
 from brainjepa_platform.evaluate.embed import Embeddings, embed_dataset, random_encoder_bundle
+from brainjepa_platform.evaluate.run import FC, MODEL, RANDOM, fc_dataset
 from brainjepa_platform.tracking.bundle import EncoderBundle
 from brainjepa_platform.tracking.params import redact
 
-MODEL, RANDOM, FC = "brain-jepa", "random-encoder", "fc-baseline"
 POOLED, TOKEN_FC = "pooled", "token-FC"
 METRICS = ("identification", "i_diff")
 
@@ -150,11 +150,16 @@ def fingerprint_metrics(emb: Embeddings, features: np.ndarray, rows: np.ndarray)
     }
 
 
+def centred_on(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Every row of ``features`` minus the mean of the ``rows`` (what those scans share)."""
+    return features - features[rows].mean(axis=0)
+
+
 def score_features(
     emb: Embeddings, features: np.ndarray, rows: np.ndarray, centring: Literal["cohort", "none"]
 ) -> dict[str, float]:
     """:func:`fingerprint_metrics` of ``features`` among ``rows``, minus the mean of those rows with ``cohort``."""
-    x = features - features[rows].mean(axis=0) if centring == "cohort" else features
+    x = centred_on(features, rows) if centring == "cohort" else features
     scores = fingerprint_metrics(emb, x, rows)
     return {m: scores[m] for m in METRICS}
 
@@ -172,16 +177,8 @@ def embed_with_token_fc(cfg: FingerprintConfig, bundle: EncoderBundle) -> Embedd
     )
 
 
-def token_fc_of(emb: Embeddings) -> np.ndarray:
-    """``emb.token_fc``, which the fingerprint command always asks for."""
-    if emb.token_fc is None:
-        raise RuntimeError("embeddings without token-FC: embed with token_fc=True")
-    return emb.token_fc
-
-
 def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> FingerprintResult:
     """Embed with the model and the random draws, score every feature set; write table, JSON and plot."""
-    from brainjepa_platform.evaluate.run import fc_dataset
     from brainjepa_platform.plots import plot_fingerprint
 
     if not cfg.data:
@@ -201,13 +198,13 @@ def run_fingerprint(cfg: FingerprintConfig, bundle: EncoderBundle) -> Fingerprin
             scores.setdefault(name, {}).setdefault(metric, []).append(value)
 
     add(f"{MODEL} {POOLED}", emb.features)
-    add(f"{MODEL} {TOKEN_FC}", token_fc_of(emb))
+    add(f"{MODEL} {TOKEN_FC}", emb.require_token_fc("brainjepa fingerprint"))
     for draw in range(cfg.random_draws):
         random_emb = embed_with_token_fc(cfg, random_encoder_bundle(bundle, seed=draw))
         if random_emb.scan_ids != emb.scan_ids:
             raise RuntimeError("the random encoder embedded other scans than the model")  # same windows: a bug
         add(f"{RANDOM} {POOLED}", random_emb.features)
-        add(f"{RANDOM} {TOKEN_FC}", token_fc_of(random_emb))
+        add(f"{RANDOM} {TOKEN_FC}", random_emb.require_token_fc("brainjepa fingerprint"))
     add(FC, fc_dataset(cfg.data, emb.scan_ids))
     result = FingerprintResult(scores, len(rows), n_subjects)
     out = Path(cfg.out)

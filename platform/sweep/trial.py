@@ -180,13 +180,10 @@ def probe_scores(emb: Embeddings, objective: ObjectiveConfig) -> dict[str, Any]:
 def fingerprint_features(emb: Embeddings, objective: ObjectiveConfig, train_rows: np.ndarray) -> np.ndarray:
     """The features ``objective`` fingerprints by: pooled embeddings or token-FC, minus the mean of the
     ``train_rows`` scans with ``centring: train`` (``ObjectiveConfig`` checks both values)."""
-    if objective.features == "token_fc":
-        if emb.token_fc is None:
-            raise ValueError("objective.features=token_fc: embed the dataset with embed_dataset(..., token_fc=True)")
-        x = emb.token_fc
-    else:
-        x = emb.features
-    return x - x[train_rows].mean(axis=0) if objective.centring == "train" else x
+    from brainjepa_platform.evaluate.fingerprint import centred_on
+
+    x = emb.require_token_fc("objective.features=token_fc") if objective.features == "token_fc" else emb.features
+    return centred_on(x, train_rows) if objective.centring == "train" else x
 
 
 def fingerprint_scores(emb: Embeddings, objective: ObjectiveConfig, dataset: str) -> dict[str, Any]:
